@@ -1,0 +1,3 @@
+file(REMOVE_RECURSE
+  "libdsnap_static.a"
+)

@@ -1,0 +1,139 @@
+/*
+ * The content-addressed chunk store.
+ *
+ * A store is a folder: `store.db` (SQLite, WAL) indexes chunk ids to records
+ * in append-only pack files under `packs/`. Chunks are LZ4-compressed (raw
+ * when LZ4 does not shrink them); all-zero chunks are never stored. Every
+ * read recomputes the chunk's id and fails with -EBADMSG when it differs.
+ * The on-disk format is in doc/store-format.md.
+ *
+ * Durability: when ds_store_put() returns 0, every chunk it was given is on
+ * stable storage (pack bytes fdatasync'ed, then the index rows committed).
+ * A crash at any moment leaves a store that opens, verifies clean and holds
+ * every chunk whose put had returned.
+ *
+ * Threads: a ds_store may be used from several threads at once. Hashing and
+ * compression run in the calling thread, so callers that put from several
+ * threads use several cores; the append and commit are serialised.
+ */
+#ifndef DSNAP_STORE_H
+#define DSNAP_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <dsnap/chunk.h>
+#include <dsnap/dsnap.h>
+
+struct ds_store;
+
+struct ds_store_options {
+	uint32_t chunk_size;  /* power of two, DS_CHUNK_SIZE_MIN..MAX; 0 = default */
+	uint64_t pack_size;   /* a pack is closed past this size; 0 = 256 MiB */
+};
+
+/*
+ * Creates a new, empty store in dir (created if missing; it must be empty
+ * of store files). A random secret for chunk ids is made here and never
+ * changes. Returns -EEXIST if a store is already there, -EINVAL for a bad
+ * chunk size.
+ */
+DS_EXPORT int ds_store_create(const char *dir, const struct ds_store_options *opt);
+
+/*
+ * Opens the store in dir. Recovery runs here: pack tails past their last
+ * committed length are cut and packs no index row points to are removed.
+ * Returns -ENOENT when there is no store, -EBADMSG when the index is not a
+ * dsnap store or is damaged, -EPROTONOSUPPORT for a newer format.
+ * On success *out is yours; release it with ds_store_close().
+ */
+DS_EXPORT int ds_store_open(const char *dir, struct ds_store **out);
+
+/* Closes the store. Nothing in flight may use it any more. NULL is fine. */
+DS_EXPORT void ds_store_close(struct ds_store *s);
+
+DS_EXPORT uint32_t ds_store_chunk_size(const struct ds_store *s);
+
+/* Computes the id a chunk of these bytes has in this store (zero id for zeros). */
+DS_EXPORT void ds_store_chunk_id(const struct ds_store *s, const void *data, size_t len,
+				 ds_chunk_id *id);
+
+/*
+ * One chunk of a batch.
+ * put: data/len in (len 1..chunk_size), id and stored out. stored is true when
+ *      this call wrote the chunk (false for zeros and chunks already present).
+ * get: id in; data must hold chunk_size bytes; len out. The zero id yields
+ *      len = chunk_size zero bytes.
+ * err: 0 or the negative errno of this chunk alone.
+ */
+struct ds_chunk {
+	ds_chunk_id id;
+	void *data;
+	uint32_t len;
+	bool stored;
+	int err;
+};
+
+/*
+ * Stores n chunks in one transaction (one fdatasync, one commit). Returns 0
+ * when all are stored, else the first error; on error no chunk of the batch
+ * is in the index (the ones present before stay). -ENOSPC and -EIO leave the
+ * store usable once the cause is gone.
+ */
+DS_EXPORT int ds_store_put(struct ds_store *s, struct ds_chunk *chunks, size_t n);
+
+/*
+ * Reads n chunks. Returns 0 when every chunk was read and verified, else the
+ * first error; each chunk's err says which failed: -ENOENT for an unknown id,
+ * -EBADMSG for a record whose bytes do not hash to its id (logged with the
+ * chunk id, pack and offset), -EIO for a failed read.
+ */
+DS_EXPORT int ds_store_get(struct ds_store *s, struct ds_chunk *chunks, size_t n);
+
+/* present[i] = whether ids[i] is in the store (the zero id always is). */
+DS_EXPORT int ds_store_has(struct ds_store *s, const ds_chunk_id *ids, size_t n, bool *present);
+
+struct ds_store_stats {
+	uint64_t chunks;       /* chunks in the index */
+	uint64_t raw_bytes;    /* their uncompressed size */
+	uint64_t stored_bytes; /* their record bytes in packs */
+	uint64_t packs;
+	uint64_t pack_bytes;   /* committed bytes of all packs, dead records included */
+};
+DS_EXPORT int ds_store_stats(struct ds_store *s, struct ds_store_stats *st);
+
+/*
+ * Reads every chunk of the store and checks it. bad(), when not NULL, is
+ * called for each bad chunk with its id and the error (-EBADMSG for a
+ * damaged record, -EIO for an unreadable one, -ENODATA for an index row past
+ * its pack's end). Returns the number of bad chunks (>= 0) or a negative
+ * errno when verify could not run.
+ */
+typedef void (*ds_store_bad_fn)(const ds_chunk_id *id, int err, void *opaque);
+DS_EXPORT int64_t ds_store_verify(struct ds_store *s, ds_store_bad_fn bad, void *opaque);
+
+struct ds_gc_stats {
+	uint64_t chunks_removed;
+	uint64_t packs_rewritten;
+	uint64_t bytes_freed;
+};
+
+/*
+ * Garbage collection. Every chunk whose id is not in live[0..n) is removed
+ * from the index (sweep); then packs with dead records are rewritten
+ * (compaction) and their space is returned to the file system. The zero id
+ * may appear in live and is ignored. Puts and gets wait while it runs.
+ *
+ * The caller guarantees that live holds every id still referenced, including
+ * ids that a writer which deduplicated against the store may reference once
+ * its own work commits: run GC when no such writer is running.
+ *
+ * Interrupted at any point (crash, kill), the store opens with every live
+ * chunk intact; at worst some dead records or a spare pack remain until the
+ * next GC. st may be NULL.
+ */
+DS_EXPORT int ds_store_gc(struct ds_store *s, const ds_chunk_id *live, size_t n,
+			  struct ds_gc_stats *st);
+
+#endif
