@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what dsnap needs to build, test and benchmark on Debian 12.
+# Runs apt-get only when something is missing; uses sudo when not root.
+set -euo pipefail
+
+PACKAGES=(
+	build-essential cmake pkg-config
+	liblz4-dev libxxhash-dev libsqlite3-dev   # engine
+	libcmocka-dev                             # unit tests
+	e2fsprogs xfsprogs util-linux             # integration tests: mkfs, fsck, losetup
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+SUDO=
+[ "$(id -u)" = 0 ] || SUDO=sudo
+echo "installing: ${missing[*]}"
+$SUDO apt-get update -q
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
