@@ -1,3 +1,0 @@
-file(REMOVE_RECURSE
-  "libdsnap_static.a"
-)
