@@ -255,6 +255,16 @@ undo:
 	return r;
 }
 
+/* Whether a pack is worth rewriting: some dead bytes, and either no live
+ * ones or dead ones making up 1/GC_DEAD_DIVISOR of it. */
+static bool gc_wants(const struct gc_pack *p)
+{
+	uint64_t body = p->committed - PACK_HEADER_SIZE;
+	uint64_t dead = body > p->live ? body - p->live : 0;
+
+	return dead > 0 && (p->live == 0 || dead * GC_DEAD_DIVISOR >= body);
+}
+
 int ds_store_gc(struct ds_store *s, const ds_chunk_id *live, size_t n, struct ds_gc_stats *out)
 {
 	_cleanup_free_ uint8_t *scratch = malloc(store_scratch_size(s));
@@ -266,26 +276,29 @@ int ds_store_gc(struct ds_store *s, const ds_chunk_id *live, size_t n, struct ds
 	if (!scratch)
 		return -ENOMEM;
 	pthread_rwlock_wrlock(&s->gc_lock);
+	pthread_mutex_lock(&s->commit_lock);
+	/* Added but unflushed chunks are committed first, so the sweep sees
+	 * every row and GC's own commits are the only ones in flight. */
+	r = store_flush_locked(s);
 	pthread_mutex_lock(&s->write_lock);
-	r = s->sticky;
+	if (r == 0)
+		r = s->sticky;
 	if (r == 0)
 		r = gc_sweep(s, live, n, &st.chunks_removed);
 	if (r == 0)
 		r = gc_list_packs(s, &packs, &npacks);
+	/* Live records are copied to the pack being appended to. If that pack
+	 * is itself to be compacted, start a fresh one first: else its new
+	 * copies would be copied a second time when its turn comes. */
+	for (size_t i = 0; r == 0 && i < npacks; i++)
+		if (packs[i].id == s->cur_pack && gc_wants(&packs[i]))
+			r = store_writer_pack(s, true);
 	for (size_t i = 0; r == 0 && i < npacks; i++) {
 		struct gc_pack *p = &packs[i];
-		uint64_t body = p->committed - PACK_HEADER_SIZE;
-		uint64_t dead = body > p->live ? body - p->live : 0;
 		uint64_t copied = 0;
 
-		if (dead == 0 || (p->live > 0 && dead * GC_DEAD_DIVISOR < body))
+		if (!gc_wants(p))
 			continue;
-		/* Never compact the pack being appended to into itself. */
-		if (p->id == s->cur_pack) {
-			r = store_writer_pack(s, true);
-			if (r < 0)
-				break;
-		}
 		r = gc_rewrite_pack(s, p->id, scratch, &copied);
 		if (r == 1) {
 			r = 0;
@@ -298,7 +311,15 @@ int ds_store_gc(struct ds_store *s, const ds_chunk_id *live, size_t n, struct ds
 	}
 	if (r == 0)
 		index_exec(s->wdb, "PRAGMA wal_checkpoint(PASSIVE)");
+	/* GC committed every tail it wrote (or cut it back): no pack has
+	 * bytes waiting for a flush, and a stale tail left in the dirty list
+	 * would move a pack's committed length backwards. */
+	for (size_t i = 0; i < s->ndirty; i++)
+		if (s->dirty[i].fd != s->cur_fd)
+			close(s->dirty[i].fd);
+	s->ndirty = 0;
 	pthread_mutex_unlock(&s->write_lock);
+	pthread_mutex_unlock(&s->commit_lock);
 	pthread_rwlock_unlock(&s->gc_lock);
 	if (out)
 		*out = st;

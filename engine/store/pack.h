@@ -45,7 +45,7 @@ void pack_header_fill(uint8_t hdr[PACK_HEADER_SIZE], uint32_t pack_id,
 int pack_header_check(const uint8_t hdr[PACK_HEADER_SIZE], uint32_t pack_id,
 		      const uint8_t store_id[16]);
 
-/* "packs/%08x.pack" relative to the store folder. */
+/* "%08x.pack": the file name inside the store's packs/ folder. */
 #define PACK_NAME_MAX 32
 void pack_name(uint32_t pack_id, char out[PACK_NAME_MAX]);
 /* Parses a pack file name; 0 and *id, or -EINVAL. */

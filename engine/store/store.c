@@ -8,32 +8,41 @@
  * records. `lock` is flock()ed while a process has the store open, so two
  * processes never append to one pack. Formats: doc/store-format.md.
  *
- * The commit protocol of a put (one batch):
+ * The commit protocol. A batch is added in two steps, and committed by a
+ * flush that may cover many batches (group commit):
  *   1. Outside any lock: hash each chunk, skip all-zero ones, compress, and
  *      frame the record (header with checksum, then payload).
- *   2. Under write_lock: BEGIN; for each chunk not yet in the index (the
- *      writer's own connection sees its uncommitted rows, so duplicates
- *      inside one batch are caught too), INSERT its row pointing at the
- *      pack's tail; pwritev the new records at the tail; fdatasync the pack;
- *      UPDATE packs.committed to the new tail; COMMIT.
+ *   2. Under write_lock (append): skip chunks already committed (index),
+ *      queued, or being flushed (two id sets); pwritev the new records at
+ *      the current pack's tail and queue their rows.
+ *   3. Under commit_lock (flush): take every queued row and the tails of
+ *      the packs written since the last flush; fdatasync those packs; then
+ *      one transaction inserts the rows and moves packs.committed to the
+ *      taken tails. Appends go on during the fdatasync, past those tails.
+ * ds_store_put() is add + flush and returns once a flush covered its batch;
+ * ds_store_add() leaves the flush to a later put or ds_store_flush(), so a
+ * copier keeps compressing while earlier batches reach the disk.
  * Invariants that make a crash at any point safe:
  *   I1. An index row is committed only after the bytes it points at are on
  *       stable storage (fdatasync before COMMIT).
  *   I2. packs.committed is the pack's length as of the last commit; bytes
- *       past it belong to no row. ds_store_open() cuts them off, so a
- *       half-written record is never visible, and the next put overwrites
- *       them anyway because it writes at the committed length.
- *   I3. A pack file exists before its packs row commits (file and folder
- *       fsynced first); a pack file with no row is an interrupted creation
- *       or an interrupted GC and is removed at open.
+ *       past it belong to no committed row. ds_store_open() cuts them off,
+ *       so a half-written record is never visible.
+ *   I3. A pack file exists, with its header, before any row naming it
+ *       commits (file and folder fsynced first); a pack file with no row
+ *       is an interrupted creation or an interrupted GC and is removed at
+ *       open.
  *   I4. A row moves to another pack (GC) only in the transaction that
  *       deletes the old pack's row, after the new copy is fdatasynced; the
  *       old file is unlinked after that commit (see gc.c).
+ *   I5. The tail only moves forward past bytes that are written, so a
+ *       queued row's bytes are never overwritten.
  * If fdatasync fails, the page cache and the disk may differ (the kernel
  * may have dropped the dirty pages), so the writer turns sticky: every later
  * put fails with -EIO until the store is reopened and recovery re-reads what
- * is really on disk. -ENOSPC from a write is not sticky: the batch is rolled
- * back, the tail truncated, and the store goes on.
+ * is really on disk. -ENOSPC from a write is not sticky: that batch fails,
+ * its bytes are overwritten by the next append, and the store goes on; a
+ * commit that fails for lack of space requeues its rows for the next flush.
  *
  * Reads take one of STORE_READERS connections (WAL readers never block the
  * writer), look rows up, then pread records through cached read-only fds
@@ -143,6 +152,12 @@ int store_read_record(struct ds_store *s, const ds_chunk_id *id, const struct ch
 	if (loc->len <= REC_HEADER_SIZE || loc->len > store_scratch_size(s) ||
 	    loc->raw_len == 0 || loc->raw_len > s->chunk_size) {
 		what = "index row has impossible lengths";
+		r = -EBADMSG;
+		goto bad;
+	}
+	/* Checked before store_pack_fd() sizes its fd table by the id. */
+	if (loc->pack == 0 || loc->pack > atomic_load(&s->max_pack)) {
+		what = "index row names a pack that was never made";
 		r = -EBADMSG;
 		goto bad;
 	}
@@ -347,15 +362,16 @@ static int store_recover(struct ds_store *s)
 
 static int store_prepare_writer(struct ds_store *s)
 {
-	int r = index_prepare(s->wdb, "SELECT pack, off, len, raw_len FROM chunks WHERE id = ?1",
-			      &s->w_lookup);
+	/* A row can be queued twice only if a failed commit requeued it:
+	 * then both copies name the same bytes, so OR IGNORE is right. */
+	int r = index_prepare(s->wdb,
+			      "INSERT OR IGNORE INTO chunks(id, pack, off, len, raw_len) "
+			      "VALUES(?1, ?2, ?3, ?4, ?5)",
+			      &s->w_insert);
 	if (r == 0)
 		r = index_prepare(s->wdb,
-				  "INSERT INTO chunks(id, pack, off, len, raw_len) "
-				  "VALUES(?1, ?2, ?3, ?4, ?5)",
-				  &s->w_insert);
-	if (r == 0)
-		r = index_prepare(s->wdb, "UPDATE packs SET committed = ?2 WHERE id = ?1",
+				  "INSERT INTO packs(id, committed) VALUES(?1, ?2) "
+				  "ON CONFLICT(id) DO UPDATE SET committed = excluded.committed",
 				  &s->w_set_committed);
 	return r;
 }
@@ -378,6 +394,8 @@ int ds_store_open(const char *dir, struct ds_store **out)
 	s->dirfd = s->packs_fd = s->lock_fd = s->cur_fd = -1;
 	pthread_rwlock_init(&s->gc_lock, NULL);
 	pthread_mutex_init(&s->write_lock, NULL);
+	pthread_mutex_init(&s->commit_lock, NULL);
+	pthread_mutex_init(&s->pool_lock, NULL);
 	pthread_mutex_init(&s->fd_lock, NULL);
 	for (int i = 0; i < STORE_READERS; i++)
 		pthread_mutex_init(&s->readers[i].lock, NULL);
@@ -444,12 +462,23 @@ void ds_store_close(struct ds_store *s)
 {
 	if (!s)
 		return;
+	/* Rows added without a flush are committed now, when possible. */
+	if (s->wdb && s->w_insert && (s->pending.n > 0 || s->ndirty > 0) && !s->sticky)
+		store_flush_locked(s);
+	for (size_t i = 0; i < s->ndirty; i++)
+		if (s->dirty[i].fd != s->cur_fd)
+			close(s->dirty[i].fd);
+	free(s->dirty);
+	free(s->pending.v);
+	idset_free(&s->pending_ids);
+	idset_free(&s->syncing_ids);
+	for (unsigned i = 0; i < s->npool; i++)
+		free(s->pool[i].buf);
 	for (int i = 0; i < STORE_READERS; i++) {
 		sqlite3_finalize(s->readers[i].lookup);
 		sqlite3_close(s->readers[i].db);
 		pthread_mutex_destroy(&s->readers[i].lock);
 	}
-	sqlite3_finalize(s->w_lookup);
 	sqlite3_finalize(s->w_insert);
 	sqlite3_finalize(s->w_set_committed);
 	sqlite3_close(s->wdb);
@@ -467,6 +496,8 @@ void ds_store_close(struct ds_store *s)
 		close(s->dirfd);
 	pthread_rwlock_destroy(&s->gc_lock);
 	pthread_mutex_destroy(&s->write_lock);
+	pthread_mutex_destroy(&s->commit_lock);
+	pthread_mutex_destroy(&s->pool_lock);
 	pthread_mutex_destroy(&s->fd_lock);
 	explicit_bzero(s->secret, sizeof(s->secret));
 	free(s);
@@ -487,21 +518,50 @@ void ds_store_chunk_id(const struct ds_store *s, const void *data, size_t len, d
 
 /* ---- the writer ----------------------------------------------------------- */
 
+#define FLUSH_PENDING_BYTES (256ull << 20) /* an add past this much flushes itself */
+
+static int dirty_note(struct ds_store *s, uint32_t pack, int fd, uint64_t tail)
+{
+	for (size_t i = 0; i < s->ndirty; i++) {
+		if (s->dirty[i].id == pack) {
+			s->dirty[i].tail = tail;
+			return 0;
+		}
+	}
+	if (s->ndirty == s->dirty_cap) {
+		size_t cap = s->dirty_cap ? s->dirty_cap * 2 : 4;
+		struct dirty_pack *v = realloc(s->dirty, cap * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		s->dirty = v;
+		s->dirty_cap = cap;
+	}
+	s->dirty[s->ndirty++] = (struct dirty_pack){pack, fd, tail};
+	return 0;
+}
+
+/*
+ * Makes sure there is a pack with room to append to; rotates to a new one
+ * when the current one has passed pack_size or when force is set. The new
+ * pack's file, header and folder entry are durable before any row naming
+ * it can commit (I3); its packs row is created by its first commit. A
+ * rotated pack stays open in the dirty list until a flush commits it.
+ * Caller holds write_lock (or every lock, for GC).
+ */
 int store_writer_pack(struct ds_store *s, bool force)
 {
 	uint8_t hdr[PACK_HEADER_SIZE];
 	char name[PACK_NAME_MAX];
+	bool old_dirty = false;
 	uint32_t id;
 	int fd, r;
 
 	if (s->cur_fd >= 0 && s->cur_len < s->pack_size && !force)
 		return 0;
-	if (s->max_pack == UINT32_MAX)
+	if (atomic_load(&s->max_pack) == UINT32_MAX)
 		return -ENOSPC;
-	id = s->max_pack + 1;
+	id = atomic_load(&s->max_pack) + 1;
 	pack_name(id, name);
-	/* I3: the file, its header and its folder entry are durable before
-	 * the row that makes it part of the store commits. */
 	fd = openat(s->packs_fd, name, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
 	if (fd < 0)
 		return -errno;
@@ -511,19 +571,18 @@ int store_writer_pack(struct ds_store *s, bool force)
 		r = -errno;
 	if (r == 0 && fsync(s->packs_fd) < 0)
 		r = -errno;
-	if (r == 0) {
-		char sql[128];
-		snprintf(sql, sizeof(sql), "INSERT INTO packs(id, committed) VALUES(%u, %d)", id,
-			 PACK_HEADER_SIZE);
-		r = index_exec(s->wdb, sql);
-	}
+	if (r == 0)
+		r = dirty_note(s, id, fd, PACK_HEADER_SIZE);
 	if (r < 0) {
 		close(fd);
 		unlinkat(s->packs_fd, name, 0);
 		return r;
 	}
 	s->max_pack = id;
-	if (s->cur_fd >= 0)
+	for (size_t i = 0; i < s->ndirty; i++)
+		old_dirty |= s->dirty[i].id == s->cur_pack;
+	/* The old pack's fd is closed here unless a flush still needs it. */
+	if (s->cur_fd >= 0 && !old_dirty)
 		close(s->cur_fd);
 	s->cur_fd = fd;
 	s->cur_pack = id;
@@ -536,9 +595,37 @@ struct staged {
 	uint32_t len; /* record length; 0 for an all-zero chunk */
 };
 
+static uint8_t *pool_get(struct ds_store *s, size_t need)
+{
+	uint8_t *buf = NULL;
+
+	pthread_mutex_lock(&s->pool_lock);
+	for (unsigned i = 0; i < s->npool; i++) {
+		if (s->pool[i].cap >= need) {
+			buf = s->pool[i].buf;
+			s->pool[i] = s->pool[--s->npool];
+			break;
+		}
+	}
+	pthread_mutex_unlock(&s->pool_lock);
+	return buf ? buf : malloc(need);
+}
+
+static void pool_put(struct ds_store *s, uint8_t *buf, size_t cap)
+{
+	pthread_mutex_lock(&s->pool_lock);
+	if (buf && s->npool < ARRAY_SIZE(s->pool)) {
+		s->pool[s->npool].buf = buf;
+		s->pool[s->npool++].cap = cap;
+		buf = NULL;
+	}
+	pthread_mutex_unlock(&s->pool_lock);
+	free(buf);
+}
+
 /* Step 1 of the protocol: hash, detect zeros, compress, frame. */
 static int stage_batch(struct ds_store *s, struct ds_chunk *chunks, size_t n,
-		       struct staged *st, uint8_t **bufp)
+		       struct staged *st, uint8_t **bufp, size_t *capp)
 {
 	uint64_t total = 0;
 	uint8_t *buf;
@@ -551,7 +638,7 @@ static int stage_batch(struct ds_store *s, struct ds_chunk *chunks, size_t n,
 	}
 	if (total > UINT32_MAX)
 		return -E2BIG;
-	buf = malloc(total ? total : 1);
+	buf = pool_get(s, total);
 	if (!buf)
 		return -ENOMEM;
 	for (size_t i = 0; i < n; i++) {
@@ -561,6 +648,7 @@ static int stage_batch(struct ds_store *s, struct ds_chunk *chunks, size_t n,
 		uint32_t slen;
 
 		c->stored = false;
+		c->stored_len = 0;
 		c->err = 0;
 		if (ds_is_zero(c->data, c->len)) {
 			memset(&c->id, 0, sizeof(c->id));
@@ -575,32 +663,107 @@ static int stage_batch(struct ds_store *s, struct ds_chunk *chunks, size_t n,
 		pos += st[i].len;
 	}
 	*bufp = buf;
+	*capp = total;
 	return 0;
 }
 
-static int writer_has(struct ds_store *s, const ds_chunk_id *id)
-{
-	struct chunk_loc loc;
-	int r = index_lookup(s->w_lookup, id, &loc);
+static struct store_reader *reader_get(struct ds_store *s);
+static void reader_put(struct store_reader *rd);
 
-	return r == 0 ? 1 : r == -ENOENT ? 0 : r;
+static int pend_push(struct pend_vec *pv, const struct pend *p)
+{
+	if (pv->n == pv->cap) {
+		size_t cap = pv->cap ? pv->cap * 2 : 256;
+		struct pend *v = realloc(pv->v, cap * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		pv->v = v;
+		pv->cap = cap;
+	}
+	pv->v[pv->n++] = *p;
+	return 0;
 }
 
-static int writer_insert(struct ds_store *s, const ds_chunk_id *id, uint64_t off, uint32_t len,
-			 uint32_t raw_len)
+/*
+ * Step 2: under write_lock, skip chunks already in the store (committed,
+ * pending or being flushed), append the rest at the tail of the current
+ * pack, and queue their rows. *seq is the batch's number for the flush.
+ */
+static int append_batch(struct ds_store *s, struct ds_chunk *chunks, size_t n,
+			const struct staged *st, uint8_t *buf, struct iovec *iov, uint64_t *seq)
 {
-	sqlite3_stmt *st = s->w_insert;
-	int rc;
+	struct idset batch = {0};
+	struct store_reader *rd;
+	struct chunk_loc loc;
+	uint64_t tail;
+	int cnt = 0, r;
 
-	sqlite3_bind_blob(st, 1, id->b, DS_CHUNK_ID_SIZE, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, s->cur_pack);
-	sqlite3_bind_int64(st, 3, (int64_t)off);
-	sqlite3_bind_int64(st, 4, len);
-	sqlite3_bind_int64(st, 5, raw_len);
-	rc = sqlite3_step(st);
-	sqlite3_reset(st);
-	sqlite3_clear_bindings(st);
-	return index_errno(rc);
+	r = s->sticky;
+	if (r < 0)
+		return r;
+	tail = 0;
+	rd = reader_get(s);
+	for (size_t i = 0; i < n && r == 0; i++) {
+		const ds_chunk_id *id = &chunks[i].id;
+		if (st[i].len == 0 || idset_has(&batch, id) || idset_has(&s->pending_ids, id) ||
+		    idset_has(&s->syncing_ids, id))
+			continue;
+		r = index_lookup(rd->lookup, id, &loc);
+		if (r == 0)
+			continue;
+		if (r != -ENOENT)
+			break;
+		r = idset_add(&batch, id);
+		chunks[i].stored = true;
+		chunks[i].stored_len = st[i].len;
+		iov[cnt].iov_base = buf + st[i].off;
+		iov[cnt].iov_len = st[i].len;
+		cnt++;
+		tail += st[i].len;
+	}
+	reader_put(rd);
+	/* A pack is made only when there is something to put in it. */
+	if (r == 0 && cnt > 0)
+		r = store_writer_pack(s, false);
+	tail += s->cur_len;
+	if (r == 0 && cnt > 0) {
+		store_crash_point(s->cur_fd, iov, cnt, s->cur_len);
+		r = pwritev_full(s->cur_fd, iov, cnt, s->cur_len);
+	}
+	if (r < 0) {
+		/* Nothing queued. A partial write past the tail would be
+		 * overwritten by the next append anyway; cut it now. */
+		if (cnt > 0 && s->cur_fd >= 0 && ftruncate(s->cur_fd, (off_t)s->cur_len) < 0)
+			log_warn("store: cannot cut pack %08x back: %s", s->cur_pack,
+				 strerror(errno));
+		idset_free(&batch);
+		return r;
+	}
+	/* The bytes are written: from here the tail moves past them whatever
+	 * happens, since queued rows may point at them. */
+	for (size_t i = 0, off = s->cur_len; i < n && r == 0; i++) {
+		struct pend p;
+		if (!chunks[i].stored)
+			continue;
+		p = (struct pend){chunks[i].id, off, s->cur_pack, chunks[i].stored_len, chunks[i].len};
+		r = pend_push(&s->pending, &p);
+		if (r == 0)
+			r = idset_add(&s->pending_ids, &p.id);
+		off += p.len;
+	}
+	if (cnt > 0 && dirty_note(s, s->cur_pack, s->cur_fd, tail) < 0)
+		s->sticky = -ENOMEM; /* cannot remember what to flush */
+	/* Start writeback now, so the flush's fdatasync finds little left to
+	 * wait for; this only queues I/O. */
+	if (cnt > 0)
+		sync_file_range(s->cur_fd, (off_t)s->cur_len, (off_t)(tail - s->cur_len),
+				SYNC_FILE_RANGE_WRITE);
+	s->pending_bytes += tail - s->cur_len;
+	s->cur_len = tail;
+	if (r == 0)
+		*seq = ++s->append_seq;
+	idset_free(&batch);
+	return r;
 }
 
 int store_writer_commit(struct ds_store *s, uint64_t new_len)
@@ -618,24 +781,127 @@ int store_writer_commit(struct ds_store *s, uint64_t new_len)
 	return r;
 }
 
-/* Undoes an uncommitted batch: rows rolled back, bytes past the committed
- * length cut (they would be overwritten by the next put anyway, I2). */
-static void writer_abort(struct ds_store *s)
+static int commit_rows(struct ds_store *s, const struct pend_vec *rows,
+		       const struct dirty_pack *packs, size_t npacks)
 {
-	if (!sqlite3_get_autocommit(s->wdb) && index_exec(s->wdb, "ROLLBACK") < 0)
-		s->sticky = -EIO;
-	if (s->cur_fd >= 0 && ftruncate(s->cur_fd, (off_t)s->cur_len) < 0)
-		log_warn("store: cannot cut pack %08x back: %s", s->cur_pack, strerror(errno));
+	int r = index_exec(s->wdb, "BEGIN IMMEDIATE");
+
+	for (size_t i = 0; r == 0 && i < npacks; i++) {
+		sqlite3_bind_int64(s->w_set_committed, 1, packs[i].id);
+		sqlite3_bind_int64(s->w_set_committed, 2, (int64_t)packs[i].tail);
+		r = index_errno(sqlite3_step(s->w_set_committed));
+		sqlite3_reset(s->w_set_committed);
+	}
+	for (size_t i = 0; r == 0 && i < rows->n; i++) {
+		const struct pend *p = &rows->v[i];
+		sqlite3_stmt *st = s->w_insert;
+		sqlite3_bind_blob(st, 1, p->id.b, DS_CHUNK_ID_SIZE, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 2, p->pack);
+		sqlite3_bind_int64(st, 3, (int64_t)p->off);
+		sqlite3_bind_int64(st, 4, p->len);
+		sqlite3_bind_int64(st, 5, p->raw_len);
+		r = index_errno(sqlite3_step(st));
+		sqlite3_reset(st);
+	}
+	if (r == 0) {
+		store_crash_point(-1, NULL, 0, 0);
+		r = index_exec(s->wdb, "COMMIT");
+	}
+	if (r < 0 && !sqlite3_get_autocommit(s->wdb))
+		index_exec(s->wdb, "ROLLBACK");
+	return r;
 }
 
-int ds_store_put(struct ds_store *s, struct ds_chunk *chunks, size_t n)
+/*
+ * The flush (steps 3 and 4): take every queued row and the tails of the
+ * packs they are in, fdatasync those packs, then commit rows and tails in
+ * one transaction (I1). Appends go on meanwhile past the taken tails. On a
+ * failed commit the rows are queued again for the next flush.
+ */
+int store_flush_locked(struct ds_store *s)
+{
+	struct pend_vec rows = {0};
+	struct dirty_pack *packs = NULL;
+	size_t npacks = 0;
+	uint64_t seq;
+	int r = 0;
+
+	pthread_mutex_lock(&s->write_lock);
+	seq = s->append_seq;
+	r = s->sticky;
+	if (r == 0 && s->ndirty > 0) {
+		packs = malloc(s->ndirty * sizeof(*packs));
+		if (!packs)
+			r = -ENOMEM;
+	}
+	if (r == 0) {
+		rows = s->pending;
+		memset(&s->pending, 0, sizeof(s->pending));
+		idset_free(&s->syncing_ids);
+		s->syncing_ids = s->pending_ids;
+		memset(&s->pending_ids, 0, sizeof(s->pending_ids));
+		npacks = s->ndirty;
+		if (npacks)
+			memcpy(packs, s->dirty, npacks * sizeof(*packs));
+		s->pending_bytes = 0;
+	}
+	pthread_mutex_unlock(&s->write_lock);
+	if (r < 0)
+		return r;
+
+	for (size_t i = 0; i < npacks && r == 0; i++) {
+		store_crash_point(-1, NULL, 0, 0);
+		if (fdatasync(packs[i].fd) < 0) {
+			r = -errno;
+			log_error("store: fdatasync of pack %08x failed: %s; "
+				  "the store refuses writes until reopened",
+				  packs[i].id, strerror(errno));
+		}
+	}
+	if (r == 0 && (npacks > 0 || rows.n > 0))
+		r = commit_rows(s, &rows, packs, npacks);
+
+	pthread_mutex_lock(&s->write_lock);
+	if (r == -EIO || r == -EBADMSG) {
+		s->sticky = -EIO;
+	} else if (r < 0) {
+		for (size_t i = 0; i < rows.n; i++)
+			if (pend_push(&s->pending, &rows.v[i]) < 0 ||
+			    idset_add(&s->pending_ids, &rows.v[i].id) < 0)
+				s->sticky = -ENOMEM;
+	} else {
+		/* Committed: rotated packs are done with; forget their tails. */
+		for (size_t i = 0; i < npacks; i++) {
+			for (size_t k = 0; k < s->ndirty; k++) {
+				struct dirty_pack *d = &s->dirty[k];
+				if (d->id != packs[i].id || d->tail != packs[i].tail)
+					continue;
+				if (d->id != s->cur_pack)
+					close(d->fd);
+				s->dirty[k] = s->dirty[--s->ndirty];
+				break;
+			}
+		}
+		atomic_store(&s->durable_seq, seq);
+	}
+	idset_clear(&s->syncing_ids);
+	pthread_mutex_unlock(&s->write_lock);
+	free(rows.v);
+	free(packs);
+	return r;
+}
+
+/* Adds a batch; *seq is its number, or 0 when there was nothing to append. */
+static int store_add(struct ds_store *s, struct ds_chunk *chunks, size_t n, uint64_t *seq)
 {
 	_cleanup_free_ struct staged *st = NULL;
 	_cleanup_free_ struct iovec *iov = NULL;
-	_cleanup_free_ uint8_t *buf = NULL;
-	uint64_t tail;
-	int cnt = 0, r;
+	uint8_t *buf = NULL;
+	size_t cap = 0;
+	bool flush = false;
+	int r;
 
+	*seq = 0;
 	if (n == 0)
 		return 0;
 	if (n > INT32_MAX)
@@ -644,62 +910,70 @@ int ds_store_put(struct ds_store *s, struct ds_chunk *chunks, size_t n)
 	iov = calloc(n, sizeof(*iov));
 	if (!st || !iov)
 		return -ENOMEM;
-	r = stage_batch(s, chunks, n, st, &buf);
+	r = stage_batch(s, chunks, n, st, &buf, &cap);
 	if (r < 0)
 		return r;
-
 	pthread_rwlock_rdlock(&s->gc_lock);
 	pthread_mutex_lock(&s->write_lock);
-	r = s->sticky;
-	if (r == 0)
-		r = store_writer_pack(s, false);
-	if (r == 0)
-		r = index_exec(s->wdb, "BEGIN IMMEDIATE");
-	tail = s->cur_len;
-	for (size_t i = 0; r == 0 && i < n; i++) {
-		if (st[i].len == 0)
-			continue;
-		r = writer_has(s, &chunks[i].id);
-		if (r != 0) {
-			r = r > 0 ? 0 : r;
-			continue;
-		}
-		r = writer_insert(s, &chunks[i].id, tail, st[i].len, chunks[i].len);
-		if (r < 0)
-			break;
-		chunks[i].stored = true;
-		iov[cnt].iov_base = buf + st[i].off;
-		iov[cnt].iov_len = st[i].len;
-		cnt++;
-		tail += st[i].len;
-	}
-	if (r == 0 && cnt > 0) {
-		store_crash_point(s->cur_fd, iov, cnt, s->cur_len);
-		r = pwritev_full(s->cur_fd, iov, cnt, s->cur_len);
-		if (r == 0) {
-			store_crash_point(-1, NULL, 0, 0);
-			if (fdatasync(s->cur_fd) < 0) {
-				r = -errno;
-				s->sticky = -EIO;
-				log_error("store: fdatasync of pack %08x failed: %s; "
-					  "the store refuses writes until reopened",
-					  s->cur_pack, strerror(errno));
-			}
-		}
-	}
-	if (r == 0)
-		r = store_writer_commit(s, tail);
-	if (r == 0)
-		s->cur_len = tail;
-	else
-		writer_abort(s);
+	r = append_batch(s, chunks, n, st, buf, iov, seq);
+	flush = r == 0 && s->pending_bytes >= FLUSH_PENDING_BYTES;
 	pthread_mutex_unlock(&s->write_lock);
+	if (flush) {
+		pthread_mutex_lock(&s->commit_lock);
+		r = store_flush_locked(s);
+		pthread_mutex_unlock(&s->commit_lock);
+	}
 	pthread_rwlock_unlock(&s->gc_lock);
-
+	pool_put(s, buf, cap);
 	if (r < 0)
-		for (size_t i = 0; i < n; i++)
+		for (size_t i = 0; i < n; i++) {
 			chunks[i].stored = false;
+			chunks[i].stored_len = 0;
+		}
 	return r;
+}
+
+int ds_store_add(struct ds_store *s, struct ds_chunk *chunks, size_t n)
+{
+	uint64_t seq;
+
+	return store_add(s, chunks, n, &seq);
+}
+
+int ds_store_flush(struct ds_store *s)
+{
+	int r;
+
+	pthread_rwlock_rdlock(&s->gc_lock);
+	pthread_mutex_lock(&s->commit_lock);
+	r = store_flush_locked(s);
+	pthread_mutex_unlock(&s->commit_lock);
+	pthread_rwlock_unlock(&s->gc_lock);
+	return r;
+}
+
+int ds_store_put(struct ds_store *s, struct ds_chunk *chunks, size_t n)
+{
+	uint64_t seq;
+	int r = store_add(s, chunks, n, &seq);
+
+	if (r < 0 || seq == 0)
+		return r;
+	/* Group commit: whoever gets commit_lock first flushes every batch
+	 * appended so far; the others find theirs durable already. */
+	pthread_rwlock_rdlock(&s->gc_lock);
+	pthread_mutex_lock(&s->commit_lock);
+	if (atomic_load(&s->durable_seq) < seq)
+		r = store_flush_locked(s);
+	pthread_mutex_unlock(&s->commit_lock);
+	pthread_rwlock_unlock(&s->gc_lock);
+	if (atomic_load(&s->durable_seq) >= seq)
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		chunks[i].stored = false;
+		chunks[i].stored_len = 0;
+	}
+	return r < 0 ? r : -EIO;
 }
 
 /* ---- readers -------------------------------------------------------------- */

@@ -14,11 +14,31 @@
 #include <dsnap/store.h>
 
 #include "chunk/chunk.h"
+#include "store/idset.h"
 #include "store/index.h"
 #include "store/pack.h"
 
 #define STORE_READERS 4
 #define STORE_PACK_SIZE_DEFAULT (256ull << 20)
+
+/* A row appended but not committed yet. */
+struct pend {
+	ds_chunk_id id;
+	uint64_t off;
+	uint32_t pack, len, raw_len;
+};
+
+struct pend_vec {
+	struct pend *v;
+	size_t n, cap;
+};
+
+/* A pack written since the last flush, with the tail to commit. */
+struct dirty_pack {
+	uint32_t id;
+	int fd;        /* the current pack's fd, or a rotated pack's own */
+	uint64_t tail;
+};
 
 struct store_reader {
 	pthread_mutex_t lock;
@@ -38,15 +58,35 @@ struct ds_store {
 	/* Puts, gets and verify take it shared; GC takes it exclusive. */
 	pthread_rwlock_t gc_lock;
 
-	/* Everything below up to `readers` belongs to the writer. */
+	/*
+	 * Appending, under write_lock: records go to the tail of the current
+	 * pack and their rows wait in `pending` until a flush commits them.
+	 */
 	pthread_mutex_t write_lock;
-	sqlite3 *wdb;
-	sqlite3_stmt *w_lookup, *w_insert, *w_set_committed;
 	uint32_t cur_pack; /* pack appended to; 0 = none yet */
-	uint32_t max_pack; /* highest pack id ever seen; ids are never reused */
+	atomic_uint max_pack; /* highest pack id ever seen; ids are never reused.
+			       * Readers load it to check pack ids read from the index. */
 	int cur_fd;
-	uint64_t cur_len;  /* == the pack's committed length between puts */
+	uint64_t cur_len;  /* the current pack's tail: bytes written to it */
+	struct pend_vec pending;      /* appended rows no flush has taken yet */
+	struct idset pending_ids;     /* their ids */
+	struct idset syncing_ids;     /* ids of the rows a running flush took */
+	struct dirty_pack *dirty;     /* packs with bytes past their committed length */
+	size_t ndirty, dirty_cap;
+	uint64_t pending_bytes;
+	uint64_t append_seq;          /* counts appended batches */
 	int sticky;        /* set after a failed fdatasync: memory and disk may differ */
+
+	/* Committing, under commit_lock (taken before write_lock). */
+	pthread_mutex_t commit_lock;
+	sqlite3 *wdb;
+	sqlite3_stmt *w_insert, *w_set_committed;
+	atomic_uint_fast64_t durable_seq; /* batches up to this one are committed */
+
+	/* Staging buffers kept between puts (mapping fresh ones costs page faults). */
+	pthread_mutex_t pool_lock;
+	struct { uint8_t *buf; size_t cap; } pool[8];
+	unsigned npool;
 
 	struct store_reader readers[STORE_READERS];
 	atomic_uint next_reader;
@@ -65,9 +105,14 @@ void store_pack_fd_drop(struct ds_store *s, uint32_t pack);
  * current one has passed pack_size or when force is set. Caller holds write_lock. */
 int store_writer_pack(struct ds_store *s, bool force);
 
-/* Sets the current pack's committed length to new_len and commits the
- * writer's open transaction. Caller holds write_lock. */
+/* Sets the current pack's committed length to new_len (creating its row
+ * when new) and commits wdb's open transaction. For GC, which holds
+ * every lock. */
 int store_writer_commit(struct ds_store *s, uint64_t new_len);
+
+/* Commits every appended row (one fdatasync per written pack, then one
+ * transaction). Caller holds commit_lock, not write_lock. */
+int store_flush_locked(struct ds_store *s);
 
 /*
  * Reads the record at loc into scratch (REC_HEADER_SIZE + compress bound of

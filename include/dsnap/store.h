@@ -8,7 +8,8 @@
  * The on-disk format is in doc/store-format.md.
  *
  * Durability: when ds_store_put() returns 0, every chunk it was given is on
- * stable storage (pack bytes fdatasync'ed, then the index rows committed).
+ * stable storage (pack bytes fdatasync'ed, then the index rows committed);
+ * ds_store_add() defers that to the next flush.
  * A crash at any moment leaves a store that opens, verifies clean and holds
  * every chunk whose put had returned.
  *
@@ -65,6 +66,7 @@ DS_EXPORT void ds_store_chunk_id(const struct ds_store *s, const void *data, siz
  *      this call wrote the chunk (false for zeros and chunks already present).
  * get: id in; data must hold chunk_size bytes; len out. The zero id yields
  *      len = chunk_size zero bytes.
+ * stored_len: put out: the record bytes this chunk added to the store (0 when not stored).
  * err: 0 or the negative errno of this chunk alone.
  */
 struct ds_chunk {
@@ -73,21 +75,41 @@ struct ds_chunk {
 	uint32_t len;
 	bool stored;
 	int err;
+	uint32_t stored_len;
 };
 
 /*
- * Stores n chunks in one transaction (one fdatasync, one commit). Returns 0
- * when all are stored, else the first error; on error no chunk of the batch
- * is in the index (the ones present before stay). -ENOSPC and -EIO leave the
- * store usable once the cause is gone.
+ * Stores n chunks and returns once they are durable (one fdatasync per
+ * pack written and one index commit, shared with whatever other batches
+ * are waiting: group commit). Returns 0 when all are stored, else an error;
+ * the chunks of a failed batch may still turn up in the store later (a
+ * requeued commit), which is harmless; chunks present before are never
+ * lost. -EINVAL for a chunk with no data, length 0 or over the chunk size;
+ * -E2BIG when the batch's compression bounds pass 4 GiB (about 1000 chunks
+ * of 4 MiB): split it. -ENOSPC leaves the store usable once space is freed; after a failed
+ * fdatasync the store refuses writes (-EIO) until it is reopened.
  */
 DS_EXPORT int ds_store_put(struct ds_store *s, struct ds_chunk *chunks, size_t n);
 
 /*
+ * Like ds_store_put() but does not wait for durability: the chunks become
+ * readable and durable at the next flush (ds_store_flush(), any
+ * ds_store_put(), ds_store_close(), or automatically once 256 MiB are
+ * waiting). ids and stored are filled in as by put. For copiers that keep
+ * compressing while earlier batches reach the disk.
+ */
+DS_EXPORT int ds_store_add(struct ds_store *s, struct ds_chunk *chunks, size_t n);
+
+/* Makes every chunk added so far durable and readable. */
+DS_EXPORT int ds_store_flush(struct ds_store *s);
+
+/*
  * Reads n chunks. Returns 0 when every chunk was read and verified, else the
  * first error; each chunk's err says which failed: -ENOENT for an unknown id,
- * -EBADMSG for a record whose bytes do not hash to its id (logged with the
- * chunk id, pack and offset), -EIO for a failed read.
+ * -EBADMSG for a record whose bytes do not hash to its id or whose frame or
+ * index row is damaged (logged with the chunk id, pack and offset), -ENODATA
+ * for a record past its pack's end (a truncated pack), -EIO for a failed
+ * read.
  */
 DS_EXPORT int ds_store_get(struct ds_store *s, struct ds_chunk *chunks, size_t n);
 
