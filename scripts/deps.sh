@@ -5,9 +5,10 @@ set -euo pipefail
 
 PACKAGES=(
 	build-essential cmake pkg-config
-	liblz4-dev libxxhash-dev libsqlite3-dev   # engine
+	liblz4-dev libxxhash-dev libsqlite3-dev   # engine: chunks, store
+	liburing-dev libblkid-dev                 # engine: copier, disks
 	libcmocka-dev                             # unit tests
-	e2fsprogs xfsprogs util-linux             # integration tests: mkfs, fsck, losetup
+	e2fsprogs xfsprogs util-linux sqlite3     # integration tests: mkfs, fsck, losetup, index queries
 )
 
 missing=()

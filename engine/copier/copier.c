@@ -1,0 +1,526 @@
+/*
+ * The copier.
+ *
+ * Notes on the design
+ *
+ * The image is cut into slabs of SLAB_BYTES (whole chunks). Workers, one
+ * per CPU, claim slabs in order from an atomic counter. Each worker owns an
+ * io_uring and two registered slab buffers, and double-buffers: while it
+ * hashes, compresses and stores one slab (backup) or writes one (restore),
+ * the other slab's I/O is in flight on its ring. So the disk is read with
+ * a bounded depth (two slabs per worker) and the CPUs are busy at once.
+ *
+ * A slab's I/O is one SQE per run of consecutive chunks that need it, cut
+ * at OP_MAX bytes: chunks in holes (backup, SEEK_DATA) are not read and
+ * keep the zero id; zero chunks are not written (restore into a new file),
+ * punched, or written as zeros (a device). Short transfers and -EAGAIN are
+ * resubmitted for the remainder; a read that meets end of file means the
+ * disk shrank under the copy and fails it with -EIO.
+ *
+ * The first error stops every worker at its next slab; a worker always
+ * waits for its in-flight SQEs before it frees their buffers.
+ */
+#include <fcntl.h>
+#include <pthread.h>
+#include <string.h>
+
+#include <liburing.h>
+
+#include "copier/copier.h"
+#include "util/util.h"
+
+#define SLAB_BYTES (4u << 20)
+#define OP_MAX (1u << 20)
+#define RING_ENTRIES 64
+#define MAX_WORKERS 16
+
+struct op {
+	struct slab *sl;
+	uint64_t off;     /* file offset */
+	uint32_t buf_off; /* offset in the slab buffer */
+	uint32_t len;
+	bool write;
+};
+
+struct slab {
+	uint8_t *buf;
+	int buf_index; /* registered buffer index, -1 when not registered */
+	uint64_t first, n; /* chunks [first, first + n) */
+	unsigned pending;  /* ops in flight */
+	int err;
+	struct op *ops;
+	unsigned nops;
+	bool *want; /* want[i - first]: chunk i is read (backup) or written (restore) */
+};
+
+struct copier {
+	struct copier_job *j;
+	uint32_t cs;
+	uint64_t slab_chunks, nslabs;
+	atomic_uint_fast64_t next_slab;
+	atomic_int err;
+	pthread_mutex_t progress_lock;
+};
+
+struct worker {
+	struct copier *c;
+	struct io_uring ring;
+	bool ring_ok;
+	struct slab sl[2];
+};
+
+static uint64_t chunk_len(const struct ds_manifest *m, uint64_t i)
+{
+	return MIN((uint64_t)m->chunk_size, m->disk_size - i * m->chunk_size);
+}
+
+static void set_err(struct copier *c, int err)
+{
+	int zero = 0;
+
+	atomic_compare_exchange_strong(&c->err, &zero, err);
+}
+
+static bool stopping(struct copier *c)
+{
+	if (atomic_load(&c->err))
+		return true;
+	if (c->j->cancel && atomic_load(c->j->cancel)) {
+		set_err(c, -ECANCELED);
+		return true;
+	}
+	return false;
+}
+
+static bool claim(struct copier *c, struct slab *sl)
+{
+	uint64_t k;
+
+	if (stopping(c))
+		return false;
+	k = atomic_fetch_add(&c->next_slab, 1);
+	if (k >= c->nslabs)
+		return false;
+	sl->first = k * c->slab_chunks;
+	sl->n = MIN(c->slab_chunks, c->j->m->count - sl->first);
+	sl->pending = 0;
+	sl->err = 0;
+	sl->nops = 0;
+	return true;
+}
+
+static void progress(struct copier *c, const struct slab *sl)
+{
+	struct copier_job *j = c->j;
+	uint64_t bytes = 0, done;
+
+	for (uint64_t i = sl->first; i < sl->first + sl->n; i++)
+		bytes += chunk_len(j->m, i);
+	done = atomic_fetch_add(&j->bytes_done, bytes) + bytes;
+	if (!j->progress)
+		return;
+	pthread_mutex_lock(&c->progress_lock);
+	j->progress(done, j->m->disk_size, j->opaque);
+	pthread_mutex_unlock(&c->progress_lock);
+}
+
+static int submit_op(struct worker *w, struct op *op)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+	struct slab *sl = op->sl;
+	uint8_t *p = sl->buf + op->buf_off;
+	int fd = w->c->j->fd;
+
+	if (!sqe) {
+		int r = io_uring_submit(&w->ring);
+		if (r < 0)
+			return r;
+		sqe = io_uring_get_sqe(&w->ring);
+		if (!sqe)
+			return -EBUSY;
+	}
+	if (op->write && sl->buf_index >= 0)
+		io_uring_prep_write_fixed(sqe, fd, p, op->len, op->off, sl->buf_index);
+	else if (op->write)
+		io_uring_prep_write(sqe, fd, p, op->len, op->off);
+	else if (sl->buf_index >= 0)
+		io_uring_prep_read_fixed(sqe, fd, p, op->len, op->off, sl->buf_index);
+	else
+		io_uring_prep_read(sqe, fd, p, op->len, op->off);
+	io_uring_sqe_set_data(sqe, op);
+	return 0;
+}
+
+/* Queues one op per run of chunks [a, b) of the slab, cut at OP_MAX. */
+static int queue_run(struct worker *w, struct slab *sl, uint64_t a, uint64_t b, bool write)
+{
+	const struct ds_manifest *m = w->c->j->m;
+	uint64_t start = a * m->chunk_size;
+	uint64_t end = MIN(b * (uint64_t)m->chunk_size, m->disk_size);
+
+	while (start < end) {
+		struct op *op = &sl->ops[sl->nops++];
+		int r;
+
+		op->sl = sl;
+		op->off = start;
+		op->buf_off = (uint32_t)(start - sl->first * m->chunk_size);
+		op->len = (uint32_t)MIN((uint64_t)OP_MAX, end - start);
+		op->write = write;
+		r = submit_op(w, op);
+		if (r < 0) {
+			sl->nops--;
+			return r;
+		}
+		sl->pending++;
+		start += op->len;
+	}
+	return 0;
+}
+
+/* Reaps completions until sl has nothing in flight. Short transfers and
+ * -EAGAIN are resubmitted; completions of the other slab are handled too. */
+static void reap(struct worker *w, struct slab *sl)
+{
+	while (sl->pending > 0) {
+		struct io_uring_cqe *cqe;
+		struct op *op;
+		int res, r;
+
+		io_uring_submit(&w->ring);
+		r = io_uring_wait_cqe(&w->ring, &cqe);
+		if (r == -EINTR)
+			continue;
+		if (r < 0) {
+			/* The ring itself failed: nothing more will complete. */
+			set_err(w->c, r);
+			w->sl[0].pending = w->sl[1].pending = 0;
+			return;
+		}
+		op = io_uring_cqe_get_data(cqe);
+		res = cqe->res;
+		io_uring_cqe_seen(&w->ring, cqe);
+		if (res == -EAGAIN || res == -EINTR) {
+			r = submit_op(w, op);
+		} else if (res < 0) {
+			r = res;
+		} else if (res == 0) {
+			r = -EIO; /* end of file or device inside the image: it shrank */
+		} else if ((uint32_t)res < op->len) {
+			op->off += (uint32_t)res;
+			op->buf_off += (uint32_t)res;
+			op->len -= (uint32_t)res;
+			r = submit_op(w, op);
+		} else {
+			op->sl->pending--;
+			continue;
+		}
+		if (r < 0) {
+			if (!op->sl->err)
+				op->sl->err = r;
+			op->sl->pending--;
+		}
+	}
+}
+
+static bool range_is_hole(int fd, uint64_t off, uint64_t len)
+{
+	off_t d = lseek(fd, (off_t)off, SEEK_DATA);
+
+	if (d < 0)
+		return errno == ENXIO;
+	return (uint64_t)d >= off + len;
+}
+
+/* ---- backup --------------------------------------------------------------- */
+
+/* Marks the slab's chunks that hold data and queues reads for their runs. */
+static int queue_wanted(struct worker *w, struct slab *sl, bool write)
+{
+	uint64_t run = UINT64_MAX;
+	int r = 0;
+
+	for (uint64_t k = 0; k <= sl->n && r == 0; k++) {
+		bool want = k < sl->n && sl->want[k];
+		if (want && run == UINT64_MAX)
+			run = k;
+		if (!want && run != UINT64_MAX) {
+			r = queue_run(w, sl, sl->first + run, sl->first + k, write);
+			run = UINT64_MAX;
+		}
+	}
+	if (r == 0 && sl->nops > 0 && io_uring_submit(&w->ring) < 0)
+		r = -EIO;
+	return r;
+}
+
+static int backup_submit(struct worker *w, struct slab *sl)
+{
+	struct copier_job *j = w->c->j;
+
+	for (uint64_t k = 0; k < sl->n; k++) {
+		uint64_t i = sl->first + k;
+		sl->want[k] = !(j->seek_holes &&
+				range_is_hole(j->fd, i * j->m->chunk_size, chunk_len(j->m, i)));
+		if (!sl->want[k])
+			memset(&j->m->ids[i], 0, sizeof(j->m->ids[i]));
+	}
+	return queue_wanted(w, sl, false);
+}
+
+/* Hashes, compresses and stores the chunks a slab read. */
+static int backup_store(struct worker *w, struct slab *sl, struct ds_chunk *batch)
+{
+	struct copier_job *j = w->c->j;
+	uint32_t cs = j->m->chunk_size;
+	uint64_t read = 0, stored = 0;
+	size_t n = 0;
+	int r;
+
+	for (uint64_t k = 0; k < sl->n; k++) {
+		if (!sl->want[k])
+			continue;
+		batch[n].data = sl->buf + k * cs;
+		batch[n].len = (uint32_t)chunk_len(j->m, sl->first + k);
+		n++;
+	}
+	if (n == 0)
+		return 0;
+	/* Durable at the end (the manifest's put flushes), not per slab:
+	 * the worker goes on compressing while earlier slabs reach disk. */
+	r = ds_store_add(j->s, batch, n);
+	if (r < 0)
+		return r;
+	n = 0;
+	for (uint64_t k = 0; k < sl->n; k++) {
+		if (!sl->want[k])
+			continue;
+		j->m->ids[sl->first + k] = batch[n].id;
+		read += batch[n].len;
+		stored += batch[n].stored_len;
+		n++;
+	}
+	atomic_fetch_add(&j->bytes_read, read);
+	atomic_fetch_add(&j->bytes_stored, stored);
+	return 0;
+}
+
+/* ---- restore -------------------------------------------------------------- */
+
+/* Reads (and verifies) the slab's chunks from the store into its buffer;
+ * punches zero runs when asked. */
+static int restore_fill(struct worker *w, struct slab *sl, struct ds_chunk *batch)
+{
+	struct copier_job *j = w->c->j;
+	uint32_t cs = j->m->chunk_size;
+	size_t n = 0;
+	int r = 0;
+
+	for (uint64_t k = 0; k < sl->n; k++) {
+		uint64_t i = sl->first + k;
+		bool zero = ds_chunk_id_is_zero(&j->m->ids[i]);
+
+		sl->want[k] = !zero || j->zeros == ZERO_WRITE;
+		if (zero && j->zeros == ZERO_PUNCH &&
+		    fallocate(j->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			      (off_t)(i * cs), (off_t)chunk_len(j->m, i)) < 0)
+			sl->want[k] = true; /* no hole punching here: write zeros */
+		if (!sl->want[k])
+			continue;
+		batch[n].id = j->m->ids[i];
+		batch[n].data = sl->buf + k * cs;
+		n++;
+	}
+	if (n > 0)
+		r = ds_store_get(j->s, batch, n);
+	n = 0;
+	for (uint64_t k = 0; k < sl->n && r == 0; k++) {
+		if (!sl->want[k])
+			continue;
+		if (batch[n].len < chunk_len(j->m, sl->first + k))
+			r = -EBADMSG; /* a chunk shorter than its place in the image */
+		n++;
+	}
+	return r;
+}
+
+/* ---- workers -------------------------------------------------------------- */
+
+static int worker_init(struct worker *w, struct copier *c)
+{
+	size_t bytes = (size_t)c->slab_chunks * c->cs;
+	struct iovec iov[2];
+	int r;
+
+	memset(w, 0, sizeof(*w));
+	w->c = c;
+	r = io_uring_queue_init(RING_ENTRIES, &w->ring, 0);
+	if (r < 0)
+		return r;
+	w->ring_ok = true;
+	for (int i = 0; i < 2; i++) {
+		struct slab *sl = &w->sl[i];
+		if (posix_memalign((void **)&sl->buf, 4096, bytes))
+			return -ENOMEM;
+		sl->ops = calloc(c->slab_chunks + bytes / OP_MAX + 2, sizeof(*sl->ops));
+		sl->want = calloc(c->slab_chunks, sizeof(*sl->want));
+		if (!sl->ops || !sl->want)
+			return -ENOMEM;
+		sl->buf_index = -1;
+		iov[i].iov_base = sl->buf;
+		iov[i].iov_len = bytes;
+	}
+	/* Registered buffers save pinning pages on every I/O; without them
+	 * (RLIMIT_MEMLOCK) plain reads and writes work the same. */
+	if (io_uring_register_buffers(&w->ring, iov, 2) == 0)
+		w->sl[0].buf_index = 0, w->sl[1].buf_index = 1;
+	return 0;
+}
+
+static void worker_release(struct worker *w)
+{
+	if (w->ring_ok)
+		io_uring_queue_exit(&w->ring);
+	for (int i = 0; i < 2; i++) {
+		free(w->sl[i].buf);
+		free(w->sl[i].ops);
+		free(w->sl[i].want);
+	}
+}
+
+static void *backup_worker(void *arg)
+{
+	struct worker *w = arg;
+	struct copier *c = w->c;
+	struct ds_chunk *batch = calloc(c->slab_chunks, sizeof(*batch));
+	struct slab *cur = &w->sl[0], *next = &w->sl[1];
+	bool have_cur, have_next;
+	int r = batch ? 0 : -ENOMEM;
+
+	have_cur = r == 0 && claim(c, cur);
+	if (have_cur && (r = backup_submit(w, cur)) < 0)
+		cur->err = r;
+	while (have_cur) {
+		have_next = claim(c, next);
+		if (have_next && (r = backup_submit(w, next)) < 0)
+			next->err = r;
+		reap(w, cur);
+		r = cur->err;
+		if (r == 0)
+			r = backup_store(w, cur, batch);
+		if (r == 0 && c->j->still_valid && !c->j->still_valid(c->j->opaque))
+			r = -ESTALE;
+		if (r < 0)
+			set_err(c, r);
+		else
+			progress(c, cur);
+		if (r < 0 && have_next) {
+			reap(w, next); /* its buffer must be idle before it is freed */
+			have_next = false;
+		}
+		struct slab *t = cur;
+		cur = next;
+		next = t;
+		have_cur = have_next;
+	}
+	if (!batch)
+		set_err(c, -ENOMEM);
+	free(batch);
+	return NULL;
+}
+
+static void *restore_worker(void *arg)
+{
+	struct worker *w = arg;
+	struct copier *c = w->c;
+	struct ds_chunk *batch = calloc(c->slab_chunks, sizeof(*batch));
+	struct slab *cur = &w->sl[0], *next = &w->sl[1];
+	bool have_cur, have_next;
+	int r = batch ? 0 : -ENOMEM;
+
+	have_cur = r == 0 && claim(c, cur);
+	if (have_cur) {
+		r = restore_fill(w, cur, batch);
+		if (r == 0)
+			r = queue_wanted(w, cur, true);
+		if (r < 0)
+			cur->err = r;
+	}
+	while (have_cur) {
+		/* Decode the next slab while this one's writes are in flight. */
+		have_next = claim(c, next);
+		if (have_next && (r = restore_fill(w, next, batch)) < 0)
+			next->err = r;
+		reap(w, cur);
+		r = cur->err;
+		if (r < 0) {
+			set_err(c, r);
+			break; /* next has nothing in flight: it was filled, not queued */
+		}
+		progress(c, cur);
+		if (have_next && next->err == 0 && (r = queue_wanted(w, next, true)) < 0)
+			next->err = r;
+		if (have_next && next->err < 0) {
+			reap(w, next);
+			set_err(c, next->err);
+			have_next = false;
+		}
+		struct slab *t = cur;
+		cur = next;
+		next = t;
+		have_cur = have_next;
+	}
+	if (!batch)
+		set_err(c, -ENOMEM);
+	free(batch);
+	return NULL;
+}
+
+static int run(struct copier_job *j, void *(*fn)(void *))
+{
+	struct copier c = {.j = j};
+	struct worker *w;
+	pthread_t t[MAX_WORKERS];
+	unsigned n = j->workers;
+	unsigned started = 0;
+	int r = 0;
+
+	c.cs = j->m->chunk_size;
+	c.slab_chunks = MAX(1u, SLAB_BYTES / c.cs);
+	c.nslabs = j->m->count / c.slab_chunks + (j->m->count % c.slab_chunks != 0);
+	if (c.nslabs == 0)
+		return 0;
+	if (n == 0)
+		n = (unsigned)MAX(1L, sysconf(_SC_NPROCESSORS_ONLN));
+	n = (unsigned)MIN((uint64_t)MIN(n, MAX_WORKERS), c.nslabs);
+	w = calloc(n, sizeof(*w));
+	if (!w)
+		return -ENOMEM;
+	pthread_mutex_init(&c.progress_lock, NULL);
+	for (unsigned i = 0; i < n && r == 0; i++) {
+		r = worker_init(&w[i], &c);
+		if (r == 0 && pthread_create(&t[i], NULL, fn, &w[i]) != 0)
+			r = -EAGAIN;
+		if (r == 0)
+			started++;
+	}
+	if (r < 0)
+		set_err(&c, r);
+	for (unsigned i = 0; i < started; i++)
+		pthread_join(t[i], NULL);
+	for (unsigned i = 0; i < n; i++)
+		worker_release(&w[i]);
+	free(w);
+	pthread_mutex_destroy(&c.progress_lock);
+	return atomic_load(&c.err);
+}
+
+int copier_backup(struct copier_job *j)
+{
+	return run(j, backup_worker);
+}
+
+int copier_restore(struct copier_job *j)
+{
+	return run(j, restore_worker);
+}
