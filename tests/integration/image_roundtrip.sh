@@ -6,6 +6,7 @@
 need mkfs.ext4
 need e2fsck
 need debugfs
+need sqlite3
 
 "$DSNAP" --quiet store init
 
@@ -53,9 +54,10 @@ fi
 cmp "$SCRATCH/r3.img" "$SCRATCH/disk.img" || fail "restore after gc differs"
 "$DSNAP" store verify >/dev/null || fail "verify after gc"
 
-# Damage: flip one byte inside a record payload of the first pack.
-pack=$(ls "$DSNAP_STORE"/packs/*.pack | head -n 1)
-printf '\xff' | dd of="$pack" bs=1 seek=4000 conv=notrunc status=none
+# Damage: flip one byte in the middle of the payload of the biggest live record.
+read -r pack off len < <(sqlite3 -separator ' ' "$DSNAP_STORE/store.db" \
+	"SELECT printf('%08x', pack), off, len FROM chunks ORDER BY len DESC LIMIT 1")
+printf '\xa5' | dd of="$DSNAP_STORE/packs/$pack.pack" bs=1 seek=$((off + len / 2)) conv=notrunc status=none
 set +e
 "$DSNAP" store verify >"$SCRATCH/verify.out" 2>/dev/null
 rc=$?
