@@ -19,6 +19,7 @@
 #include <unistd.h>
 #include <linux/fs.h>
 
+#include <dsnap/engine.h>
 #include <dsnap/snapshot.h>
 #include <dsnap/store.h>
 
@@ -30,9 +31,29 @@ static bool quiet;
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: dsnap [--store DIR] [--quiet] store COMMAND [ARGS]\n"
+		"usage: dsnap [--state DIR] [--quiet] COMMAND [OPTIONS]\n"
+		"       dsnap [--store DIR] [--quiet] store COMMAND [ARGS]\n"
 		"\n"
-		"Local store commands (no daemon needed):\n"
+		"Disks and snapshots (run in this process on the state folder):\n"
+		"  register-disk --path PATH [--disk-name NAME]\n"
+		"                                   adopt an image file or block device as a disk\n"
+		"  create-disk --size SIZE [--disk-name NAME]\n"
+		"  create-disk --snapshot-id ID [--disk-name NAME]\n"
+		"                                   a new image file in the state folder\n"
+		"  describe-disks [--disk-id ID]\n"
+		"  delete-disk --disk-id ID\n"
+		"  create-snapshot --disk-id ID [--snapshot-name NAME] [--description TEXT]\n"
+		"                  [--retention-days N]\n"
+		"                                   snapshot a disk that is not in use, and wait\n"
+		"  describe-snapshots [--disk-id ID] [--snapshot-id ID]\n"
+		"  delete-snapshot --snapshot-id ID\n"
+		"  reset-disk --disk-id ID --snapshot-id ID\n"
+		"                                   write a snapshot back onto its disk\n"
+		"  export-snapshot --snapshot-id ID --path NEW-FILE\n"
+		"  verify-snapshot --snapshot-id ID\n"
+		"  gc                               free chunks no snapshot uses\n"
+		"\n"
+		"Store commands (no catalog; snapshot ids are manifest ids):\n"
 		"  store init [--chunk-size SIZE]   create the store (SIZE: 16K..4M, default 64K)\n"
 		"  store snapshot IMAGE             copy an idle image file or unused block device\n"
 		"                                   into the store; prints the snapshot id\n"
@@ -42,8 +63,9 @@ static void usage(FILE *f)
 		"  store gc --keep ID... | --keep-none\n"
 		"                                   drop every chunk the kept snapshots do not use\n"
 		"\n"
-		"The store is DIR, else $DSNAP_STORE, else $XDG_DATA_HOME/dsnap/store\n"
-		"(~/.local/share/dsnap/store).\n"
+		"The state folder is DIR, else $DSNAP_STATE, else $XDG_DATA_HOME/dsnap\n"
+		"(~/.local/share/dsnap); the store is its store/ folder unless --store or\n"
+		"$DSNAP_STORE says otherwise.\n"
 		"Exit codes: 0 ok, 1 failed, 2 bad usage, 3 damage found.\n");
 }
 
@@ -53,18 +75,31 @@ static int fail(int err, const char *what)
 	return EXIT_FAIL;
 }
 
-static const char *default_store(void)
+static const char *state_dir;
+
+static const char *default_state(void)
 {
 	static char buf[PATH_MAX];
-	const char *env = getenv("DSNAP_STORE"), *xdg = getenv("XDG_DATA_HOME"),
+	const char *env = getenv("DSNAP_STATE"), *xdg = getenv("XDG_DATA_HOME"),
 		   *home = getenv("HOME");
 
 	if (env && *env)
 		return env;
 	if (xdg && *xdg)
-		snprintf(buf, sizeof(buf), "%s/dsnap/store", xdg);
+		snprintf(buf, sizeof(buf), "%s/dsnap", xdg);
 	else
-		snprintf(buf, sizeof(buf), "%s/.local/share/dsnap/store", home ? home : ".");
+		snprintf(buf, sizeof(buf), "%s/.local/share/dsnap", home ? home : ".");
+	return buf;
+}
+
+static const char *default_store(void)
+{
+	static char buf[PATH_MAX + 8];
+	const char *env = getenv("DSNAP_STORE");
+
+	if (env && *env)
+		return env;
+	snprintf(buf, sizeof(buf), "%s/store", state_dir);
 	return buf;
 }
 
@@ -398,9 +433,358 @@ static int cmd_gc(int argc, char **argv)
 	return 0;
 }
 
+/* ---- disks and snapshots ------------------------------------------------ */
+
+/*
+ * Flags of the form --name VALUE, each allowed at most once. Fills vals[i]
+ * for names[i]; returns 0, or prints the problem and returns -1.
+ */
+static int parse_flags(const char *cmd, int argc, char **argv, const char *const *names,
+		       const char **vals)
+{
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		int k = -1;
+
+		if (strncmp(a, "--", 2) == 0)
+			for (int n = 0; names[n]; n++)
+				if (strcmp(a + 2, names[n]) == 0)
+					k = n;
+		if (k < 0) {
+			fprintf(stderr, "dsnap %s: unknown argument %s\n", cmd, a);
+			return -1;
+		}
+		if (i + 1 >= argc) {
+			fprintf(stderr, "dsnap %s: %s needs a value\n", cmd, a);
+			return -1;
+		}
+		if (vals[k]) {
+			fprintf(stderr, "dsnap %s: %s given twice\n", cmd, a);
+			return -1;
+		}
+		vals[k] = argv[++i];
+	}
+	return 0;
+}
+
+static int need_flag(const char *cmd, const char *name, const char *val)
+{
+	if (val)
+		return 0;
+	fprintf(stderr, "dsnap %s: --%s is required\n", cmd, name);
+	return -1;
+}
+
+/* Plain words for the engine's errors (the daemon's API maps them to codes). */
+static int engine_fail(int r, const char *what)
+{
+	const char *why;
+
+	switch (r) {
+	case -ENOENT: why = "no such disk, snapshot or path"; break;
+	case -ENODEV: why = "the disk's device or file is gone from this host"; break;
+	case -EBUSY: why = "the disk is in use (mounted, open for writing, or being reset)"; break;
+	case -EALREADY: why = "a snapshot of this disk is already being created"; break;
+	case -EDQUOT: why = "the disk already has 256 snapshots"; break;
+	case -ENOTSUP: why = "not a block device or regular file"; break;
+	case -EEXIST: why = "already exists"; break;
+	case -ENOLCK: why = "the disk is locked by the administrator"; break;
+	case -ENODATA: why = "the snapshot failed; it holds no image"; break;
+	default: why = strerror(-r); break;
+	}
+	fprintf(stderr, "dsnap: %s: %s\n", what, why);
+	return EXIT_FAIL;
+}
+
+static struct ds_engine *open_engine(void)
+{
+	struct ds_engine *e = NULL;
+	int r;
+
+	make_parents(state_dir);
+	r = ds_engine_open(state_dir, NULL, &e);
+	if (r < 0) {
+		fprintf(stderr, "dsnap: cannot open state folder %s: %s\n", state_dir,
+			r == -EBUSY ? "in use by another dsnap process" : strerror(-r));
+		return NULL;
+	}
+	return e;
+}
+
+static void format_time(int64_t t, char out[32])
+{
+	time_t tt = (time_t)t;
+	struct tm tm;
+
+	gmtime_r(&tt, &tm);
+	strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static const char *kind_name(enum ds_disk_kind k)
+{
+	return k == DS_DISK_FILE ? "file" : k == DS_DISK_LOOP ? "loop" : "block";
+}
+
+static int print_disk(const struct ds_disk_info *d, void *opaque)
+{
+	char t[32];
+
+	format_time(d->created, t);
+	printf("%-22s %-12s %-9s %-5s %10.2f GiB  %-8s %s%s\n", d->id, d->status,
+	       d->present ? "present" : "MISSING", kind_name(d->kind),
+	       (double)d->size / (1 << 30), d->fs_type[0] ? d->fs_type : "-", d->path,
+	       d->locked ? " (locked)" : "");
+	(void)t;
+	return 0;
+}
+
+static int print_snapshot(const struct ds_snapshot_info *s, void *opaque)
+{
+	const char *only = opaque;
+	char t[32];
+
+	if (only && strcmp(only, s->id) != 0)
+		return 0;
+	format_time(s->created, t);
+	printf("%-22s %-22s %-12s %3d%%  %10.2f GiB  %s  %s%s%s\n", s->id, s->disk_id, s->status,
+	       s->progress, (double)s->disk_size / (1 << 30), t, s->name[0] ? s->name : "-",
+	       s->error[0] ? "  error: " : "", s->error);
+	return 0;
+}
+
+static int cmd_register_disk(int argc, char **argv)
+{
+	static const char *const names[] = {"path", "disk-name", NULL};
+	const char *v[2] = {0};
+	char id[DS_ID_SIZE];
+	struct ds_engine *e;
+	int r;
+
+	if (parse_flags(argv[0], argc, argv, names, v) < 0 || need_flag(argv[0], "path", v[0]) < 0)
+		return EXIT_USAGE;
+	if (!(e = open_engine()))
+		return EXIT_FAIL;
+	r = ds_disk_register(e, v[0], v[1], id);
+	ds_engine_close(e);
+	if (r == -EEXIST) {
+		fprintf(stderr, "dsnap: %s is already registered as %s\n", v[0], id);
+		return EXIT_FAIL;
+	}
+	if (r < 0)
+		return engine_fail(r, v[0]);
+	printf("%s\n", id);
+	return 0;
+}
+
+static int cmd_create_disk(int argc, char **argv)
+{
+	static const char *const names[] = {"size", "snapshot-id", "disk-name", NULL};
+	const char *v[3] = {0};
+	char id[DS_ID_SIZE];
+	struct ds_engine *e;
+	uint64_t size = 0;
+	int r;
+
+	if (parse_flags(argv[0], argc, argv, names, v) < 0)
+		return EXIT_USAGE;
+	if (!v[0] == !v[1]) {
+		fprintf(stderr, "dsnap create-disk: give --size or --snapshot-id\n");
+		return EXIT_USAGE;
+	}
+	if (v[0] && (parse_size(v[0], &size) < 0 || size == 0)) {
+		fprintf(stderr, "dsnap create-disk: bad --size (e.g. 10G, 512M)\n");
+		return EXIT_USAGE;
+	}
+	if (!(e = open_engine()))
+		return EXIT_FAIL;
+	r = v[0] ? ds_disk_create(e, size, v[2], id) : ds_disk_create_from_snapshot(e, v[1], v[2], id);
+	ds_engine_close(e);
+	if (r < 0)
+		return engine_fail(r, "create-disk");
+	printf("%s\n", id);
+	return 0;
+}
+
+static int cmd_describe_disks(int argc, char **argv)
+{
+	static const char *const names[] = {"disk-id", NULL};
+	const char *v[1] = {0};
+	struct ds_disk_info d;
+	struct ds_engine *e;
+	int r;
+
+	if (parse_flags(argv[0], argc, argv, names, v) < 0)
+		return EXIT_USAGE;
+	if (!(e = open_engine()))
+		return EXIT_FAIL;
+	if (v[0]) {
+		r = ds_disk_get(e, v[0], &d);
+		if (r == 0)
+			print_disk(&d, NULL);
+	} else {
+		r = ds_disk_list(e, print_disk, NULL);
+	}
+	ds_engine_close(e);
+	return r < 0 ? engine_fail(r, "describe-disks") : 0;
+}
+
+static int cmd_delete_disk(int argc, char **argv)
+{
+	static const char *const names[] = {"disk-id", NULL};
+	const char *v[1] = {0};
+	struct ds_engine *e;
+	int r;
+
+	if (parse_flags(argv[0], argc, argv, names, v) < 0 ||
+	    need_flag(argv[0], "disk-id", v[0]) < 0)
+		return EXIT_USAGE;
+	if (!(e = open_engine()))
+		return EXIT_FAIL;
+	r = ds_disk_delete(e, v[0]);
+	ds_engine_close(e);
+	return r < 0 ? engine_fail(r, v[0]) : 0;
+}
+
+static int cmd_create_snapshot(int argc, char **argv)
+{
+	static const char *const names[] = {"disk-id", "snapshot-name", "description",
+					    "retention-days", NULL};
+	const char *v[4] = {0};
+	struct ds_snapshot_params p = {0};
+	struct ds_snapshot_info s;
+	char id[DS_ID_SIZE], *end;
+	struct ds_engine *e;
+	int r;
+
+	if (parse_flags(argv[0], argc, argv, names, v) < 0 ||
+	    need_flag(argv[0], "disk-id", v[0]) < 0)
+		return EXIT_USAGE;
+	p.name = v[1];
+	p.description = v[2];
+	if (v[3]) {
+		long d = strtol(v[3], &end, 10);
+		if (*end || d < 1 || d > 65536) {
+			fprintf(stderr, "dsnap create-snapshot: --retention-days is 1..65536\n");
+			return EXIT_USAGE;
+		}
+		p.retention_days = (int)d;
+	}
+	if (!(e = open_engine()))
+		return EXIT_FAIL;
+	r = ds_snapshot_create(e, v[0], &p, id);
+	if (r < 0) {
+		ds_engine_close(e);
+		return engine_fail(r, v[0]);
+	}
+	printf("%s\n", id);
+	fflush(stdout);
+	/* In this process the copy ends with it: follow it to the end. */
+	while (ds_snapshot_get(e, id, &s) == 0 && strcmp(s.status, "progressing") == 0) {
+		progress((uint64_t)s.progress, 100, "snapshot");
+		usleep(200000);
+	}
+	r = ds_snapshot_wait(e, id);
+	ds_snapshot_get(e, id, &s);
+	if (!quiet && isatty(STDERR_FILENO))
+		fprintf(stderr, "\rsnapshot %s: %s          \n", id, s.status);
+	ds_engine_close(e);
+	if (r < 0) {
+		fprintf(stderr, "dsnap: snapshot %s failed: %s\n", id, s.error);
+		return EXIT_FAIL;
+	}
+	return 0;
+}
+
+static int cmd_describe_snapshots(int argc, char **argv)
+{
+	static const char *const names[] = {"disk-id", "snapshot-id", NULL};
+	const char *v[2] = {0};
+	struct ds_engine *e;
+	int r;
+
+	if (parse_flags(argv[0], argc, argv, names, v) < 0)
+		return EXIT_USAGE;
+	if (!(e = open_engine()))
+		return EXIT_FAIL;
+	r = ds_snapshot_list(e, v[0], print_snapshot, (void *)v[1]);
+	ds_engine_close(e);
+	return r < 0 ? engine_fail(r, "describe-snapshots") : 0;
+}
+
+static int cmd_snapshot_op(int argc, char **argv)
+{
+	static const char *const names[] = {"snapshot-id", "disk-id", "path", NULL};
+	const char *v[3] = {0}, *cmd = argv[0];
+	struct ds_engine *e;
+	int64_t bad = 0;
+	int r;
+
+	if (parse_flags(cmd, argc, argv, names, v) < 0 || need_flag(cmd, "snapshot-id", v[0]) < 0)
+		return EXIT_USAGE;
+	if (strcmp(cmd, "reset-disk") == 0 && need_flag(cmd, "disk-id", v[1]) < 0)
+		return EXIT_USAGE;
+	if (strcmp(cmd, "export-snapshot") == 0 && need_flag(cmd, "path", v[2]) < 0)
+		return EXIT_USAGE;
+	if (!(e = open_engine()))
+		return EXIT_FAIL;
+	if (strcmp(cmd, "delete-snapshot") == 0) {
+		r = ds_snapshot_delete(e, v[0]);
+	} else if (strcmp(cmd, "reset-disk") == 0) {
+		r = ds_disk_reset(e, v[1], v[0]);
+	} else if (strcmp(cmd, "export-snapshot") == 0) {
+		r = ds_snapshot_export(e, v[0], v[2]);
+	} else {
+		bad = ds_snapshot_verify(e, v[0]);
+		r = bad < 0 ? (int)bad : 0;
+	}
+	ds_engine_close(e);
+	if (r < 0)
+		return engine_fail(r, v[0]);
+	if (strcmp(cmd, "verify-snapshot") == 0) {
+		printf("%lld bad chunks\n", (long long)bad);
+		return bad ? EXIT_DAMAGE : 0;
+	}
+	return 0;
+}
+
+static int cmd_engine_gc(void)
+{
+	struct ds_gc_stats st;
+	struct ds_engine *e;
+	int r;
+
+	if (!(e = open_engine()))
+		return EXIT_FAIL;
+	r = ds_engine_gc(e, &st);
+	ds_engine_close(e);
+	if (r < 0)
+		return engine_fail(r, "gc");
+	printf("removed %llu chunks, rewrote %llu packs, freed %llu bytes\n",
+	       (unsigned long long)st.chunks_removed, (unsigned long long)st.packs_rewritten,
+	       (unsigned long long)st.bytes_freed);
+	return 0;
+}
+
+static const struct {
+	const char *name;
+	int (*fn)(int argc, char **argv);
+} engine_commands[] = {
+	{"register-disk", cmd_register_disk},
+	{"create-disk", cmd_create_disk},
+	{"describe-disks", cmd_describe_disks},
+	{"delete-disk", cmd_delete_disk},
+	{"create-snapshot", cmd_create_snapshot},
+	{"describe-snapshots", cmd_describe_snapshots},
+	{"delete-snapshot", cmd_snapshot_op},
+	{"reset-disk", cmd_snapshot_op},
+	{"export-snapshot", cmd_snapshot_op},
+	{"verify-snapshot", cmd_snapshot_op},
+};
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {{"store", required_argument, NULL, 's'},
+					      {"state", required_argument, NULL, 'S'},
 					      {"quiet", no_argument, NULL, 'q'},
 					      {"help", no_argument, NULL, 'h'},
 					      {"version", no_argument, NULL, 'V'},
@@ -408,17 +792,29 @@ int main(int argc, char **argv)
 	const char *cmd;
 	int c;
 
-	while ((c = getopt_long(argc, argv, "+s:qhV", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "+s:S:qhV", opts, NULL)) != -1) {
 		switch (c) {
 		case 's': store_dir = optarg; break;
+		case 'S': state_dir = optarg; break;
 		case 'q': quiet = true; break;
 		case 'h': usage(stdout); return 0;
 		case 'V': printf("dsnap %s\n", DS_VERSION_STRING); return 0;
 		default: usage(stderr); return EXIT_USAGE;
 		}
 	}
+	if (!state_dir)
+		state_dir = default_state();
 	if (!store_dir)
 		store_dir = default_store();
+	if (optind >= argc) {
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	for (size_t i = 0; i < sizeof(engine_commands) / sizeof(engine_commands[0]); i++)
+		if (strcmp(argv[optind], engine_commands[i].name) == 0)
+			return engine_commands[i].fn(argc - optind, argv + optind);
+	if (strcmp(argv[optind], "gc") == 0 && optind + 1 == argc)
+		return cmd_engine_gc();
 	if (optind + 1 >= argc || strcmp(argv[optind], "store") != 0) {
 		usage(stderr);
 		return EXIT_USAGE;

@@ -1,0 +1,400 @@
+#include <stdio.h>
+#include <string.h>
+
+#include "catalog/catalog.h"
+#include "store/index.h"
+#include "util/util.h"
+
+#define CATALOG_VERSION 1
+
+struct catalog {
+	sqlite3 *db;
+};
+
+static const char schema[] =
+	"CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
+	"CREATE TABLE IF NOT EXISTS disks("
+	"  id TEXT PRIMARY KEY, name TEXT NOT NULL, path TEXT NOT NULL, kind INTEGER NOT NULL,"
+	"  key_dev INTEGER NOT NULL, key_ino INTEGER NOT NULL, key_id TEXT NOT NULL,"
+	"  size INTEGER NOT NULL, fs_type TEXT NOT NULL, fs_uuid TEXT NOT NULL,"
+	"  fs_label TEXT NOT NULL, status TEXT NOT NULL, owned INTEGER NOT NULL,"
+	"  locked INTEGER NOT NULL, created INTEGER NOT NULL);"
+	"CREATE TABLE IF NOT EXISTS snapshots("
+	"  id TEXT PRIMARY KEY, disk_id TEXT NOT NULL, name TEXT NOT NULL,"
+	"  description TEXT NOT NULL, status TEXT NOT NULL, progress INTEGER NOT NULL,"
+	"  disk_size INTEGER NOT NULL, created INTEGER NOT NULL, modified INTEGER NOT NULL,"
+	"  retention_days INTEGER NOT NULL, automatic INTEGER NOT NULL, manifest BLOB,"
+	"  bytes_read INTEGER NOT NULL, stored_bytes INTEGER NOT NULL, error TEXT NOT NULL,"
+	"  seq INTEGER NOT NULL);"
+	"CREATE INDEX IF NOT EXISTS snapshots_by_disk ON snapshots(disk_id, seq);"
+	"CREATE INDEX IF NOT EXISTS snapshots_by_seq ON snapshots(seq);"
+	"INSERT OR IGNORE INTO meta(key, value) VALUES('format', 1);";
+
+int catalog_open(const char *path, struct catalog **out)
+{
+	struct catalog *c = calloc(1, sizeof(*c));
+	sqlite3_stmt *st;
+	int r;
+
+	if (!c)
+		return -ENOMEM;
+	r = index_open(path, 1, &c->db);
+	if (r == 0)
+		r = index_exec(c->db, schema);
+	if (r == 0)
+		r = index_prepare(c->db, "SELECT value FROM meta WHERE key = 'format'", &st);
+	if (r == 0) {
+		if (sqlite3_step(st) != SQLITE_ROW)
+			r = -EBADMSG;
+		else if (sqlite3_column_int64(st, 0) > CATALOG_VERSION)
+			r = -EPROTONOSUPPORT;
+		sqlite3_finalize(st);
+	}
+	if (r < 0) {
+		catalog_close(c);
+		return r;
+	}
+	*out = c;
+	return 0;
+}
+
+void catalog_close(struct catalog *c)
+{
+	if (!c)
+		return;
+	sqlite3_close(c->db);
+	free(c);
+}
+
+int catalog_begin(struct catalog *c)
+{
+	return index_exec(c->db, "BEGIN IMMEDIATE");
+}
+
+int catalog_commit(struct catalog *c)
+{
+	return index_exec(c->db, "COMMIT");
+}
+
+void catalog_rollback(struct catalog *c)
+{
+	if (!sqlite3_get_autocommit(c->db))
+		index_exec(c->db, "ROLLBACK");
+}
+
+static void copy_text(char *dst, size_t size, sqlite3_stmt *st, int col)
+{
+	const unsigned char *t = sqlite3_column_text(st, col);
+
+	snprintf(dst, size, "%s", t ? (const char *)t : "");
+}
+
+/* Runs a prepared statement to completion; 0 or -errno. */
+static int step_done(sqlite3_stmt *st)
+{
+	int rc = sqlite3_step(st);
+
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : index_errno(rc);
+}
+
+/* ---- disks --------------------------------------------------------------- */
+
+#define DISK_COLS                                                                          \
+	"id, name, path, kind, key_dev, key_ino, key_id, size, fs_type, fs_uuid, fs_label, " \
+	"status, owned, locked, created"
+
+static void disk_bind(sqlite3_stmt *st, const struct disk_row *d)
+{
+	const struct ds_disk_info *i = &d->info;
+
+	sqlite3_bind_text(st, 1, i->id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, i->name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, i->path, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 4, i->kind);
+	sqlite3_bind_int64(st, 5, (int64_t)d->key.dev);
+	sqlite3_bind_int64(st, 6, (int64_t)d->key.ino);
+	sqlite3_bind_text(st, 7, d->key.id, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 8, (int64_t)i->size);
+	sqlite3_bind_text(st, 9, i->fs_type, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 10, i->fs_uuid, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 11, i->fs_label, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 12, i->status, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 13, i->owned);
+	sqlite3_bind_int(st, 14, i->locked);
+	sqlite3_bind_int64(st, 15, i->created);
+}
+
+static void disk_read(sqlite3_stmt *st, struct disk_row *d)
+{
+	struct ds_disk_info *i = &d->info;
+
+	memset(d, 0, sizeof(*d));
+	copy_text(i->id, sizeof(i->id), st, 0);
+	copy_text(i->name, sizeof(i->name), st, 1);
+	copy_text(i->path, sizeof(i->path), st, 2);
+	i->kind = (enum ds_disk_kind)sqlite3_column_int(st, 3);
+	d->key.dev = (uint64_t)sqlite3_column_int64(st, 4);
+	d->key.ino = (uint64_t)sqlite3_column_int64(st, 5);
+	copy_text(d->key.id, sizeof(d->key.id), st, 6);
+	i->size = (uint64_t)sqlite3_column_int64(st, 7);
+	copy_text(i->fs_type, sizeof(i->fs_type), st, 8);
+	copy_text(i->fs_uuid, sizeof(i->fs_uuid), st, 9);
+	copy_text(i->fs_label, sizeof(i->fs_label), st, 10);
+	copy_text(i->status, sizeof(i->status), st, 11);
+	i->owned = sqlite3_column_int(st, 12);
+	i->locked = sqlite3_column_int(st, 13);
+	i->created = sqlite3_column_int64(st, 14);
+}
+
+int catalog_disk_insert(struct catalog *c, const struct disk_row *d)
+{
+	sqlite3_stmt *st;
+	int r = index_prepare(c->db, "INSERT INTO disks(" DISK_COLS ") VALUES(?1, ?2, ?3, ?4, ?5, "
+				     "?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)", &st);
+
+	if (r < 0)
+		return r;
+	disk_bind(st, d);
+	return step_done(st);
+}
+
+int catalog_disk_update(struct catalog *c, const struct disk_row *d)
+{
+	sqlite3_stmt *st;
+	int r = index_prepare(c->db, "UPDATE disks SET name = ?2, path = ?3, kind = ?4, "
+				     "key_dev = ?5, key_ino = ?6, key_id = ?7, size = ?8, "
+				     "fs_type = ?9, fs_uuid = ?10, fs_label = ?11, status = ?12, "
+				     "owned = ?13, locked = ?14, created = ?15 WHERE id = ?1", &st);
+
+	if (r < 0)
+		return r;
+	disk_bind(st, d);
+	r = step_done(st);
+	if (r == 0 && sqlite3_changes(c->db) == 0)
+		r = -ENOENT;
+	return r;
+}
+
+int catalog_disk_get(struct catalog *c, const char *id, struct disk_row *d)
+{
+	sqlite3_stmt *st;
+	int r = index_prepare(c->db, "SELECT " DISK_COLS " FROM disks WHERE id = ?1", &st);
+	int rc;
+
+	if (r < 0)
+		return r;
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		disk_read(st, d);
+	r = rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? -ENOENT : index_errno(rc);
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_disk_find_key(struct catalog *c, const struct disk_key *k, char id[DS_ID_SIZE])
+{
+	sqlite3_stmt *st;
+	int r, rc;
+
+	r = index_prepare(c->db, "SELECT id FROM disks WHERE (key_ino != 0 AND key_dev = ?1 AND "
+				 "key_ino = ?2) OR (key_id != '' AND key_id = ?3)", &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, (int64_t)k->dev);
+	sqlite3_bind_int64(st, 2, (int64_t)k->ino);
+	sqlite3_bind_text(st, 3, k->id, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		copy_text(id, DS_ID_SIZE, st, 0);
+	r = rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? -ENOENT : index_errno(rc);
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_disk_delete(struct catalog *c, const char *id)
+{
+	sqlite3_stmt *st;
+	int r = index_prepare(c->db, "DELETE FROM disks WHERE id = ?1", &st);
+
+	if (r < 0)
+		return r;
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	r = step_done(st);
+	if (r == 0 && sqlite3_changes(c->db) == 0)
+		r = -ENOENT;
+	return r;
+}
+
+int catalog_disk_each(struct catalog *c, catalog_disk_fn fn, void *opaque)
+{
+	sqlite3_stmt *st;
+	struct disk_row *d = malloc(sizeof(*d));
+	int r, rc;
+
+	if (!d)
+		return -ENOMEM;
+	r = index_prepare(c->db, "SELECT " DISK_COLS " FROM disks ORDER BY created, id", &st);
+	while (r == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+		disk_read(st, d);
+		r = fn(d, opaque);
+	}
+	if (r == 0 && rc != SQLITE_DONE)
+		r = index_errno(rc);
+	sqlite3_finalize(st);
+	free(d);
+	return r;
+}
+
+/* ---- snapshots ------------------------------------------------------------ */
+
+#define SNAP_COLS                                                                         \
+	"id, disk_id, name, description, status, progress, disk_size, created, modified, " \
+	"retention_days, automatic, manifest, bytes_read, stored_bytes, error"
+
+static void snap_bind(sqlite3_stmt *st, const struct ds_snapshot_info *s)
+{
+	sqlite3_bind_text(st, 1, s->id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, s->disk_id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, s->name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 4, s->description, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 5, s->status, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 6, s->progress);
+	sqlite3_bind_int64(st, 7, (int64_t)s->disk_size);
+	sqlite3_bind_int64(st, 8, s->created);
+	sqlite3_bind_int64(st, 9, s->modified);
+	sqlite3_bind_int(st, 10, s->retention_days);
+	sqlite3_bind_int(st, 11, s->automatic);
+	if (s->has_manifest)
+		sqlite3_bind_blob(st, 12, s->manifest.b, DS_CHUNK_ID_SIZE, SQLITE_STATIC);
+	else
+		sqlite3_bind_null(st, 12);
+	sqlite3_bind_int64(st, 13, (int64_t)s->bytes_read);
+	sqlite3_bind_int64(st, 14, (int64_t)s->stored_bytes);
+	sqlite3_bind_text(st, 15, s->error, -1, SQLITE_STATIC);
+}
+
+static void snap_read(sqlite3_stmt *st, struct ds_snapshot_info *s)
+{
+	memset(s, 0, sizeof(*s));
+	copy_text(s->id, sizeof(s->id), st, 0);
+	copy_text(s->disk_id, sizeof(s->disk_id), st, 1);
+	copy_text(s->name, sizeof(s->name), st, 2);
+	copy_text(s->description, sizeof(s->description), st, 3);
+	copy_text(s->status, sizeof(s->status), st, 4);
+	s->progress = sqlite3_column_int(st, 5);
+	s->disk_size = (uint64_t)sqlite3_column_int64(st, 6);
+	s->created = sqlite3_column_int64(st, 7);
+	s->modified = sqlite3_column_int64(st, 8);
+	s->retention_days = sqlite3_column_int(st, 9);
+	s->automatic = sqlite3_column_int(st, 10);
+	if (sqlite3_column_bytes(st, 11) == DS_CHUNK_ID_SIZE) {
+		memcpy(s->manifest.b, sqlite3_column_blob(st, 11), DS_CHUNK_ID_SIZE);
+		s->has_manifest = true;
+	}
+	s->bytes_read = (uint64_t)sqlite3_column_int64(st, 12);
+	s->stored_bytes = (uint64_t)sqlite3_column_int64(st, 13);
+	copy_text(s->error, sizeof(s->error), st, 14);
+}
+
+int catalog_snapshot_insert(struct catalog *c, const struct ds_snapshot_info *s)
+{
+	sqlite3_stmt *st;
+	int r = index_prepare(c->db, "INSERT INTO snapshots(" SNAP_COLS ", seq) VALUES(?1, ?2, ?3, "
+				     "?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, "
+				     "(SELECT coalesce(max(seq), 0) + 1 FROM snapshots))", &st);
+
+	if (r < 0)
+		return r;
+	snap_bind(st, s);
+	return step_done(st);
+}
+
+int catalog_snapshot_update(struct catalog *c, const struct ds_snapshot_info *s)
+{
+	sqlite3_stmt *st;
+	int r = index_prepare(c->db, "UPDATE snapshots SET disk_id = ?2, name = ?3, "
+				     "description = ?4, status = ?5, progress = ?6, disk_size = ?7, "
+				     "created = ?8, modified = ?9, retention_days = ?10, "
+				     "automatic = ?11, manifest = ?12, bytes_read = ?13, "
+				     "stored_bytes = ?14, error = ?15 WHERE id = ?1", &st);
+
+	if (r < 0)
+		return r;
+	snap_bind(st, s);
+	r = step_done(st);
+	if (r == 0 && sqlite3_changes(c->db) == 0)
+		r = -ENOENT;
+	return r;
+}
+
+int catalog_snapshot_get(struct catalog *c, const char *id, struct ds_snapshot_info *s)
+{
+	sqlite3_stmt *st;
+	int r = index_prepare(c->db, "SELECT " SNAP_COLS " FROM snapshots WHERE id = ?1", &st);
+	int rc;
+
+	if (r < 0)
+		return r;
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		snap_read(st, s);
+	r = rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? -ENOENT : index_errno(rc);
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_snapshot_delete(struct catalog *c, const char *id)
+{
+	sqlite3_stmt *st;
+	int r = index_prepare(c->db, "DELETE FROM snapshots WHERE id = ?1", &st);
+
+	if (r < 0)
+		return r;
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	r = step_done(st);
+	if (r == 0 && sqlite3_changes(c->db) == 0)
+		r = -ENOENT;
+	return r;
+}
+
+int catalog_snapshot_each(struct catalog *c, const char *disk_id, catalog_snapshot_fn fn,
+			  void *opaque)
+{
+	struct ds_snapshot_info *s = malloc(sizeof(*s));
+	sqlite3_stmt *st;
+	int r, rc;
+
+	if (!s)
+		return -ENOMEM;
+	r = index_prepare(c->db, disk_id ? "SELECT " SNAP_COLS " FROM snapshots WHERE disk_id = ?1 "
+					   "ORDER BY seq"
+					 : "SELECT " SNAP_COLS " FROM snapshots ORDER BY seq",
+			  &st);
+	if (r == 0 && disk_id)
+		sqlite3_bind_text(st, 1, disk_id, -1, SQLITE_STATIC);
+	while (r == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+		snap_read(st, s);
+		r = fn(s, opaque);
+	}
+	if (r == 0 && rc != SQLITE_DONE)
+		r = index_errno(rc);
+	sqlite3_finalize(st);
+	free(s);
+	return r;
+}
+
+int catalog_fail_progressing(struct catalog *c, const char *why)
+{
+	sqlite3_stmt *st;
+	int r = index_prepare(c->db, "UPDATE snapshots SET status = 'failed', error = ?1 "
+				     "WHERE status = 'progressing'", &st);
+
+	if (r < 0)
+		return r;
+	sqlite3_bind_text(st, 1, why, -1, SQLITE_STATIC);
+	r = step_done(st);
+	return r < 0 ? r : sqlite3_changes(c->db);
+}

@@ -1,0 +1,59 @@
+/*
+ * The catalog: what dsnap knows about disks and snapshots, in SQLite
+ * (`catalog.db` in the state folder, WAL). Chunks live in the store; the
+ * catalog holds each snapshot's manifest root. Schema in doc/catalog.md.
+ *
+ * One connection, serialised by the caller (struct ds_engine's lock);
+ * every function returns 0 or -errno (-ENOENT for an unknown id).
+ */
+#ifndef DSNAP_CATALOG_H
+#define DSNAP_CATALOG_H
+#ifndef DSNAP_INTERNAL
+#error "engine/catalog/catalog.h is private to libdsnap"
+#endif
+
+#include <sqlite3.h>
+
+#include <dsnap/engine.h>
+
+struct catalog;
+
+int catalog_open(const char *path, struct catalog **out);
+void catalog_close(struct catalog *c);
+
+int catalog_begin(struct catalog *c);
+int catalog_commit(struct catalog *c);
+void catalog_rollback(struct catalog *c);
+
+/* Stable identity of a disk, to find it again after renumbering. */
+struct disk_key {
+	uint64_t dev, ino; /* backing file (files, loop devices); 0 when none */
+	char id[320];      /* block devices: by-id name or fs UUID; "" when none */
+};
+
+struct disk_row {
+	struct ds_disk_info info;
+	struct disk_key key;
+};
+
+int catalog_disk_insert(struct catalog *c, const struct disk_row *d);
+int catalog_disk_get(struct catalog *c, const char *id, struct disk_row *d);
+/* Finds a registered disk with the same identity; -ENOENT when none. */
+int catalog_disk_find_key(struct catalog *c, const struct disk_key *k, char id[DS_ID_SIZE]);
+int catalog_disk_update(struct catalog *c, const struct disk_row *d);
+int catalog_disk_delete(struct catalog *c, const char *id);
+typedef int (*catalog_disk_fn)(const struct disk_row *d, void *opaque);
+int catalog_disk_each(struct catalog *c, catalog_disk_fn fn, void *opaque);
+
+int catalog_snapshot_insert(struct catalog *c, const struct ds_snapshot_info *s);
+int catalog_snapshot_get(struct catalog *c, const char *id, struct ds_snapshot_info *s);
+int catalog_snapshot_update(struct catalog *c, const struct ds_snapshot_info *s);
+int catalog_snapshot_delete(struct catalog *c, const char *id);
+typedef int (*catalog_snapshot_fn)(const struct ds_snapshot_info *s, void *opaque);
+/* Snapshots in creation order; disk_id NULL for all. */
+int catalog_snapshot_each(struct catalog *c, const char *disk_id, catalog_snapshot_fn fn,
+			  void *opaque);
+/* Marks every `progressing` snapshot `failed` (after a restart). Returns how many. */
+int catalog_fail_progressing(struct catalog *c, const char *why);
+
+#endif

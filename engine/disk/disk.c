@@ -1,0 +1,391 @@
+/*
+ * Disks: probing, identity, and points in time for disks not attached.
+ *
+ * Identity. A path is not an identity: /dev/loop3 today is another disk
+ * tomorrow. Files and loop devices are known by the backing file's
+ * device and inode (LOOP_GET_STATUS64 reports them for a loop device), so
+ * a renumbered loop device is found again by scanning the loop devices.
+ * Other block devices are known by their /dev/disk/by-id name when udev
+ * made one, else the UUID libblkid reads, else their device number.
+ */
+#include <dirent.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <linux/fs.h>
+#include <linux/loop.h>
+
+#include <blkid/blkid.h>
+
+#include "disk/disk.h"
+#include "util/util.h"
+
+#define LOOP_MAJOR_NR 7
+
+int disk_new_id(const char *prefix, char id[DS_ID_SIZE])
+{
+	static const char alphabet[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+	size_t plen = strlen(prefix), n = 0;
+	uint8_t rnd[64];
+	int r;
+
+	if (plen + 21 > DS_ID_SIZE)
+		return -EINVAL;
+	memcpy(id, prefix, plen);
+	while (n < 20) {
+		r = random_bytes(rnd, sizeof(rnd));
+		if (r < 0)
+			return r;
+		/* 252 = 7 * 36: rejecting larger bytes keeps every symbol equally likely. */
+		for (size_t i = 0; i < sizeof(rnd) && n < 20; i++)
+			if (rnd[i] < 252)
+				id[plen + n++] = alphabet[rnd[i] % 36];
+	}
+	id[plen + 20] = '\0';
+	return 0;
+}
+
+static int blk_size(const char *path, uint64_t *size)
+{
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+
+	if (fd < 0)
+		return -errno;
+	if (ioctl(fd, BLKGETSIZE64, size) < 0)
+		return -errno;
+	return 0;
+}
+
+/* Backing file of a loop device. -ENXIO when it has none. */
+static int loop_backing(const char *path, uint64_t *dev, uint64_t *ino, char *file, size_t fsize)
+{
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	struct loop_info64 li;
+
+	if (fd < 0)
+		return -errno;
+	if (ioctl(fd, LOOP_GET_STATUS64, &li) < 0)
+		return -errno;
+	*dev = li.lo_device;
+	*ino = li.lo_inode;
+	if (file)
+		snprintf(file, fsize, "%s", (const char *)li.lo_file_name);
+	return 0;
+}
+
+static void probe_fs(const char *path, struct ds_disk_info *i)
+{
+	blkid_probe pr = blkid_new_probe_from_filename(path);
+	const char *v;
+
+	i->fs_type[0] = i->fs_uuid[0] = i->fs_label[0] = '\0';
+	if (!pr)
+		return;
+	blkid_probe_enable_superblocks(pr, 1);
+	blkid_probe_set_superblocks_flags(pr, BLKID_SUBLKS_TYPE | BLKID_SUBLKS_UUID |
+						      BLKID_SUBLKS_LABEL);
+	if (blkid_do_safeprobe(pr) == 0) {
+		if (blkid_probe_lookup_value(pr, "TYPE", &v, NULL) == 0)
+			snprintf(i->fs_type, sizeof(i->fs_type), "%s", v);
+		if (blkid_probe_lookup_value(pr, "UUID", &v, NULL) == 0)
+			snprintf(i->fs_uuid, sizeof(i->fs_uuid), "%s", v);
+		if (blkid_probe_lookup_value(pr, "LABEL", &v, NULL) == 0)
+			snprintf(i->fs_label, sizeof(i->fs_label), "%s", v);
+	}
+	blkid_free_probe(pr);
+}
+
+/* The /dev/disk/by-id name of a device, when udev made one. */
+static bool by_id_name(const char *devpath, char *out, size_t size)
+{
+	DIR *d = opendir("/dev/disk/by-id");
+	struct dirent *de;
+	bool found = false;
+
+	if (!d)
+		return false;
+	while (!found && (de = readdir(d))) {
+		char link[PATH_MAX], real[PATH_MAX];
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(link, sizeof(link), "/dev/disk/by-id/%s", de->d_name);
+		if (realpath(link, real) && strcmp(real, devpath) == 0) {
+			snprintf(out, size, "by-id:%s", de->d_name);
+			found = true;
+		}
+	}
+	closedir(d);
+	return found;
+}
+
+int disk_probe(const char *path, struct disk_row *d)
+{
+	struct ds_disk_info *i = &d->info;
+	char real[PATH_MAX];
+	struct stat st;
+	int r;
+
+	memset(d, 0, sizeof(*d));
+	if (!realpath(path, real))
+		return -errno;
+	if (strlen(real) >= sizeof(i->path))
+		return -ENAMETOOLONG;
+	if (stat(real, &st) < 0)
+		return -errno;
+	snprintf(i->path, sizeof(i->path), "%s", real);
+	if (S_ISREG(st.st_mode)) {
+		i->kind = DS_DISK_FILE;
+		i->size = (uint64_t)st.st_size;
+		d->key.dev = st.st_dev;
+		d->key.ino = st.st_ino;
+	} else if (S_ISBLK(st.st_mode)) {
+		r = blk_size(real, &i->size);
+		if (r < 0)
+			return r;
+		if (major(st.st_rdev) == LOOP_MAJOR_NR) {
+			i->kind = DS_DISK_LOOP;
+			r = loop_backing(real, &d->key.dev, &d->key.ino, NULL, 0);
+			if (r < 0)
+				return r == -ENXIO ? -ENODEV : r; /* a loop device with no file */
+		} else {
+			i->kind = DS_DISK_BLOCK;
+		}
+	} else {
+		return -ENOTSUP;
+	}
+	probe_fs(real, i);
+	if (i->kind == DS_DISK_BLOCK && !by_id_name(real, d->key.id, sizeof(d->key.id))) {
+		if (i->fs_uuid[0])
+			snprintf(d->key.id, sizeof(d->key.id), "uuid:%s", i->fs_uuid);
+		else
+			snprintf(d->key.id, sizeof(d->key.id), "devt:%u:%u", major(st.st_rdev),
+				 minor(st.st_rdev));
+	}
+	snprintf(i->status, sizeof(i->status), "Available");
+	return 0;
+}
+
+static bool loop_matches(const char *path, const struct disk_key *k)
+{
+	uint64_t dev = 0, ino = 0;
+
+	return loop_backing(path, &dev, &ino, NULL, 0) == 0 && dev == k->dev && ino == k->ino;
+}
+
+static int find_loop(const struct disk_key *k, char *out, size_t size)
+{
+	DIR *d = opendir("/sys/block");
+	struct dirent *de;
+	int r = -ENODEV;
+
+	if (!d)
+		return -ENODEV;
+	while (r < 0 && (de = readdir(d))) {
+		char dev[PATH_MAX];
+		if (strncmp(de->d_name, "loop", 4) != 0)
+			continue;
+		snprintf(dev, sizeof(dev), "/dev/%s", de->d_name);
+		if (loop_matches(dev, k)) {
+			snprintf(out, size, "%s", dev);
+			r = 0;
+		}
+	}
+	closedir(d);
+	return r;
+}
+
+static int find_block(const struct disk_key *k, char *out, size_t size)
+{
+	char *dev = NULL, real[PATH_MAX];
+
+	if (strncmp(k->id, "by-id:", 6) == 0) {
+		char link[PATH_MAX];
+		snprintf(link, sizeof(link), "/dev/disk/by-id/%s", k->id + 6);
+		if (!realpath(link, real))
+			return -ENODEV;
+		snprintf(out, size, "%s", real);
+		return 0;
+	}
+	if (strncmp(k->id, "uuid:", 5) == 0)
+		dev = blkid_evaluate_tag("UUID", k->id + 5, NULL);
+	if (!dev)
+		return -ENODEV;
+	snprintf(out, size, "%s", dev);
+	free(dev);
+	return 0;
+}
+
+int disk_resolve(struct disk_row *d)
+{
+	struct ds_disk_info *i = &d->info;
+	struct stat st;
+	int r;
+
+	switch (i->kind) {
+	case DS_DISK_FILE:
+		if (stat(i->path, &st) < 0 || !S_ISREG(st.st_mode) || st.st_dev != d->key.dev ||
+		    st.st_ino != d->key.ino)
+			return -ENODEV;
+		i->size = (uint64_t)st.st_size;
+		return 0;
+	case DS_DISK_LOOP:
+		if (!loop_matches(i->path, &d->key)) {
+			r = find_loop(&d->key, i->path, sizeof(i->path));
+			if (r < 0)
+				return r;
+		}
+		break;
+	case DS_DISK_BLOCK:
+		if (strncmp(d->key.id, "devt:", 5) != 0) {
+			r = find_block(&d->key, i->path, sizeof(i->path));
+			if (r < 0)
+				return r;
+		} else {
+			unsigned ma, mi;
+			if (sscanf(d->key.id, "devt:%u:%u", &ma, &mi) != 2 ||
+			    stat(i->path, &st) < 0 || !S_ISBLK(st.st_mode) ||
+			    st.st_rdev != makedev(ma, mi))
+				return -ENODEV;
+		}
+		break;
+	default:
+		return -EINVAL;
+	}
+	if (stat(i->path, &st) < 0 || !S_ISBLK(st.st_mode))
+		return -ENODEV;
+	r = blk_size(i->path, &i->size);
+	return r == -ENOENT || r == -ENXIO ? -ENODEV : r;
+}
+
+/* ---- points in time ------------------------------------------------------ */
+
+/* Lease breaks are noticed by polling F_GETLEASE. The kernel still signals
+ * the holder; SIGURG's default action is to ignore it, unlike SIGIO's. */
+static int take_lease(int fd, int type)
+{
+	if (fcntl(fd, F_SETSIG, SIGURG) < 0)
+		return -errno;
+	if (fcntl(fd, F_SETLEASE, type) < 0)
+		return errno == EAGAIN ? -EBUSY : -errno;
+	return 0;
+}
+
+static int clone_file(int src, const char *path)
+{
+	char dir[PATH_MAX];
+	int fd;
+
+	snprintf(dir, sizeof(dir), "%s", path);
+	fd = open(dirname(dir), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -errno;
+	if (ioctl(fd, FICLONE, src) < 0) {
+		int r = -errno;
+		close(fd);
+		return r;
+	}
+	return fd;
+}
+
+int disk_pit_take(const struct disk_row *d, struct disk_pit *pit)
+{
+	const struct ds_disk_info *i = &d->info;
+	struct stat st;
+	int src, r;
+
+	memset(pit, 0, sizeof(*pit));
+	pit->fd = -1;
+	if (i->kind != DS_DISK_FILE) {
+		pit->fd = open(i->path, O_RDONLY | O_EXCL | O_CLOEXEC);
+		if (pit->fd < 0)
+			return errno == EBUSY ? -EBUSY : errno == ENOENT ? -ENODEV : -errno;
+		r = ioctl(pit->fd, BLKGETSIZE64, &pit->size) < 0 ? -errno : 0;
+		if (r < 0)
+			disk_pit_release(pit);
+		return r;
+	}
+	src = open(i->path, O_RDONLY | O_CLOEXEC);
+	if (src < 0)
+		return errno == ENOENT ? -ENODEV : -errno;
+	if (fstat(src, &st) < 0 || st.st_dev != d->key.dev || st.st_ino != d->key.ino) {
+		close(src);
+		return -ENODEV;
+	}
+	pit->size = (uint64_t)st.st_size;
+	/* A reflink clone is a point in time whoever writes the file. */
+	r = clone_file(src, i->path);
+	if (r >= 0) {
+		close(src);
+		pit->fd = r;
+		pit->cloned = true;
+		return 0;
+	}
+	r = take_lease(src, F_RDLCK);
+	if (r < 0) {
+		close(src);
+		return r;
+	}
+	/* Size again, under the lease: nobody can write now. */
+	if (fstat(src, &st) < 0) {
+		r = -errno;
+		close(src);
+		return r;
+	}
+	pit->size = (uint64_t)st.st_size;
+	pit->fd = src;
+	pit->leased = true;
+	return 0;
+}
+
+bool disk_pit_intact(const struct disk_pit *pit)
+{
+	return !pit->leased || fcntl(pit->fd, F_GETLEASE) == F_RDLCK;
+}
+
+void disk_pit_release(struct disk_pit *pit)
+{
+	if (pit->fd >= 0) {
+		if (pit->leased)
+			fcntl(pit->fd, F_SETLEASE, F_UNLCK);
+		close(pit->fd);
+	}
+	pit->fd = -1;
+}
+
+int disk_open_for_restore(const struct disk_row *d, int *fd_out)
+{
+	const struct ds_disk_info *i = &d->info;
+	struct stat st;
+	int fd, r;
+
+	if (i->kind != DS_DISK_FILE) {
+		fd = open(i->path, O_WRONLY | O_EXCL | O_CLOEXEC);
+		if (fd < 0)
+			return errno == EBUSY ? -EBUSY : errno == ENOENT ? -ENODEV : -errno;
+		*fd_out = fd;
+		return 0;
+	}
+	fd = open(i->path, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? -ENODEV : -errno;
+	if (fstat(fd, &st) < 0 || st.st_dev != d->key.dev || st.st_ino != d->key.ino) {
+		close(fd);
+		return -ENODEV;
+	}
+	/* A write lease is granted only while nobody else has the file open
+	 * (a loop device over it, a program reading it): then nobody sees
+	 * the disk half restored. */
+	r = take_lease(fd, F_WRLCK);
+	if (r < 0) {
+		close(fd);
+		return r;
+	}
+	*fd_out = fd;
+	return 0;
+}

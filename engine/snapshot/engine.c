@@ -1,0 +1,940 @@
+/*
+ * The engine: disks and snapshots over the catalog, the store and the copier.
+ *
+ * Notes on the design
+ *
+ * Creating a snapshot of a disk that is not attached:
+ *   1. checks, under the engine lock: the disk exists, is not locked, not
+ *      being reset, has no snapshot being created, has fewer than
+ *      DS_MAX_MANUAL_SNAPSHOTS; it is found on the host (disk_resolve);
+ *   2. the point in time is fixed (disk_pit_take: O_EXCL device, reflink
+ *      clone, or read lease); if it cannot be, the request fails and
+ *      nothing is recorded;
+ *   3. the snapshot is recorded `progressing` and a copy thread started;
+ *      the call returns.
+ *   4. the copy thread reads the point in time with the copier into the
+ *      store (ds_store_add, so it never waits for the disk), then saves the
+ *      manifest with a put, which makes every chunk durable; only then is
+ *      the snapshot marked `accomplished` with its manifest root. Any
+ *      failure (read error, the lease broken by a writer, a full store,
+ *      shutdown) marks it `failed` with the reason; the store stays intact
+ *      (its own protocol), and chunks already added are garbage for GC.
+ * A snapshot `progressing` when the process stopped is marked `failed` at
+ * the next open: its point in time is gone.
+ *
+ * Progress lives in the job while the copy runs (no catalog writes per
+ * slab) and is overlaid on what the catalog says.
+ *
+ * GC and copies: copies hold gc_lock shared for their whole life; GC takes
+ * it exclusive, so the live set it computes from the catalog's manifests
+ * cannot miss the chunks of a copy that deduplicated against the store.
+ *
+ * Locking order: gc_lock, then lock. The copy thread takes lock only to
+ * finish; nothing holds lock across I/O except the short catalog calls.
+ */
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <dsnap/engine.h>
+#include <dsnap/snapshot.h>
+#include <dsnap/store.h>
+
+#include "catalog/catalog.h"
+#include "copier/copier.h"
+#include "disk/disk.h"
+#include "util/util.h"
+
+struct job {
+	struct ds_engine *e;
+	char snap_id[DS_ID_SIZE];
+	char disk_id[DS_ID_SIZE];
+	struct disk_pit pit;
+	struct copier_job cj;
+	atomic_bool cancel;
+	atomic_int progress;
+	pthread_t thread;
+	bool finished; /* the thread has recorded its result */
+	struct job *next;
+};
+
+struct ds_engine {
+	char dir[DS_PATH_MAX];
+	int lock_fd;
+	struct catalog *cat;
+	struct ds_store *store;
+	pthread_mutex_t lock; /* catalog and jobs */
+	pthread_cond_t changed;
+	pthread_rwlock_t gc_lock;
+	struct job *jobs;
+};
+
+static int64_t now_s(void)
+{
+	return (int64_t)time(NULL);
+}
+
+static int path_in(const struct ds_engine *e, const char *name, char *out, size_t size)
+{
+	int n = snprintf(out, size, "%s/%s", e->dir, name);
+
+	return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
+}
+
+/* ---- open / close ----------------------------------------------------------- */
+
+int ds_engine_open(const char *state_dir, const struct ds_engine_options *opt,
+		   struct ds_engine **out)
+{
+	struct ds_store_options so = {.chunk_size = opt ? opt->chunk_size : 0};
+	struct ds_engine *e;
+	char path[DS_PATH_MAX + 32];
+	int r;
+
+	if (strlen(state_dir) >= sizeof(e->dir))
+		return -ENAMETOOLONG;
+	if (mkdir(state_dir, 0750) < 0 && errno != EEXIST)
+		return -errno;
+	e = calloc(1, sizeof(*e));
+	if (!e)
+		return -ENOMEM;
+	snprintf(e->dir, sizeof(e->dir), "%s", state_dir);
+	e->lock_fd = -1;
+	pthread_mutex_init(&e->lock, NULL);
+	pthread_cond_init(&e->changed, NULL);
+	pthread_rwlock_init(&e->gc_lock, NULL);
+
+	r = path_in(e, "lock", path, sizeof(path));
+	if (r == 0) {
+		e->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+		if (e->lock_fd < 0)
+			r = -errno;
+		else if (flock(e->lock_fd, LOCK_EX | LOCK_NB) < 0)
+			r = errno == EWOULDBLOCK ? -EBUSY : -errno;
+	}
+	if (r == 0 && (r = path_in(e, "disks", path, sizeof(path))) == 0 && mkdir(path, 0750) < 0 &&
+	    errno != EEXIST)
+		r = -errno;
+	if (r == 0)
+		r = path_in(e, "catalog.db", path, sizeof(path));
+	if (r == 0)
+		r = catalog_open(path, &e->cat);
+	if (r == 0)
+		r = path_in(e, "store", path, sizeof(path));
+	if (r == 0) {
+		r = ds_store_open(path, &e->store);
+		if (r == -ENOENT) {
+			r = ds_store_create(path, &so);
+			if (r == 0)
+				r = ds_store_open(path, &e->store);
+		}
+	}
+	if (r == 0) {
+		r = catalog_fail_progressing(e->cat, "interrupted: dsnap stopped during the copy");
+		if (r > 0)
+			log_warn("engine: %d snapshot(s) interrupted by a stop are now failed", r);
+		r = r < 0 ? r : 0;
+	}
+	if (r < 0) {
+		if (r == -EBUSY)
+			log_error("engine: %s is in use by another dsnap process", state_dir);
+		ds_engine_close(e);
+		return r;
+	}
+	*out = e;
+	return 0;
+}
+
+void ds_engine_close(struct ds_engine *e)
+{
+	if (!e)
+		return;
+	/* Stop copies; each records itself failed before its thread ends. */
+	pthread_mutex_lock(&e->lock);
+	for (struct job *j = e->jobs; j; j = j->next)
+		atomic_store(&j->cancel, true);
+	while (e->jobs) {
+		struct job *j = e->jobs;
+		pthread_mutex_unlock(&e->lock);
+		pthread_join(j->thread, NULL);
+		pthread_mutex_lock(&e->lock);
+		e->jobs = j->next;
+		free(j);
+	}
+	pthread_mutex_unlock(&e->lock);
+	ds_store_close(e->store);
+	catalog_close(e->cat);
+	if (e->lock_fd >= 0)
+		close(e->lock_fd);
+	pthread_mutex_destroy(&e->lock);
+	pthread_cond_destroy(&e->changed);
+	pthread_rwlock_destroy(&e->gc_lock);
+	free(e);
+}
+
+struct ds_store *ds_engine_store(struct ds_engine *e)
+{
+	return e->store;
+}
+
+static struct job *job_for_disk(struct ds_engine *e, const char *disk_id)
+{
+	for (struct job *j = e->jobs; j; j = j->next)
+		if (!j->finished && strcmp(j->disk_id, disk_id) == 0)
+			return j;
+	return NULL;
+}
+
+static struct job *job_for_snapshot(struct ds_engine *e, const char *snap_id)
+{
+	for (struct job *j = e->jobs; j; j = j->next)
+		if (strcmp(j->snap_id, snap_id) == 0)
+			return j;
+	return NULL;
+}
+
+/* Frees finished jobs whose threads are done. Caller holds lock. */
+static void reap_jobs(struct ds_engine *e)
+{
+	for (struct job **pj = &e->jobs; *pj;) {
+		struct job *j = *pj;
+		if (j->finished) {
+			pthread_join(j->thread, NULL);
+			*pj = j->next;
+			free(j);
+		} else {
+			pj = &j->next;
+		}
+	}
+}
+
+/* ---- disks ------------------------------------------------------------------ */
+
+/* The file name of path, cut to fit a disk name. */
+static void default_name(const char *path, char *out, size_t size)
+{
+	const char *b = strrchr(path, '/');
+
+	b = b ? b + 1 : path;
+	size_t n = MIN(strlen(b), size - 1);
+	memcpy(out, b, n);
+	out[n] = '\0';
+}
+
+int ds_disk_register(struct ds_engine *e, const char *path, const char *name,
+		     char id_out[DS_ID_SIZE])
+{
+	struct disk_row *d = calloc(1, sizeof(*d));
+	int r;
+
+	if (!d)
+		return -ENOMEM;
+	if (name && strlen(name) >= sizeof(d->info.name)) {
+		free(d);
+		return -EINVAL;
+	}
+	r = disk_probe(path, d);
+	pthread_mutex_lock(&e->lock);
+	if (r == 0) {
+		r = catalog_disk_find_key(e->cat, &d->key, id_out);
+		if (r == 0)
+			r = -EEXIST;
+		else if (r == -ENOENT)
+			r = disk_new_id("d-", d->info.id);
+	}
+	if (r == 0) {
+		if (name && *name)
+			snprintf(d->info.name, sizeof(d->info.name), "%s", name);
+		else
+			default_name(d->info.path, d->info.name, sizeof(d->info.name));
+		d->info.created = now_s();
+		r = catalog_disk_insert(e->cat, d);
+		if (r == 0)
+			snprintf(id_out, DS_ID_SIZE, "%s", d->info.id);
+	}
+	pthread_mutex_unlock(&e->lock);
+	free(d);
+	return r;
+}
+
+int ds_disk_create(struct ds_engine *e, uint64_t size, const char *name, char id_out[DS_ID_SIZE])
+{
+	char id[DS_ID_SIZE], rel[64], path[DS_PATH_MAX + 64];
+	struct disk_row *d;
+	int fd, r;
+
+	if (size == 0 || size > (uint64_t)INT64_MAX)
+		return -EINVAL;
+	r = disk_new_id("d-", id);
+	if (r < 0)
+		return r;
+	snprintf(rel, sizeof(rel), "disks/%s.img", id);
+	r = path_in(e, rel, path, sizeof(path));
+	if (r < 0)
+		return r;
+	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+	if (fd < 0)
+		return -errno;
+	r = ftruncate(fd, (off_t)size) < 0 ? -errno : 0;
+	if (r == 0 && fsync(fd) < 0)
+		r = -errno;
+	close(fd);
+	d = calloc(1, sizeof(*d));
+	if (r == 0 && !d)
+		r = -ENOMEM;
+	if (r == 0)
+		r = disk_probe(path, d);
+	if (r == 0) {
+		snprintf(d->info.id, sizeof(d->info.id), "%s", id);
+		if (name && *name)
+			snprintf(d->info.name, sizeof(d->info.name), "%s", name);
+		else
+			snprintf(d->info.name, sizeof(d->info.name), "%s", id);
+		d->info.owned = true;
+		d->info.created = now_s();
+		pthread_mutex_lock(&e->lock);
+		r = catalog_disk_insert(e->cat, d);
+		pthread_mutex_unlock(&e->lock);
+	}
+	if (r < 0)
+		unlink(path);
+	else
+		snprintf(id_out, DS_ID_SIZE, "%s", id);
+	free(d);
+	return r;
+}
+
+static int snapshot_root(struct ds_engine *e, const char *id, struct ds_snapshot_info *s);
+
+int ds_disk_create_from_snapshot(struct ds_engine *e, const char *snapshot_id, const char *name,
+				 char id_out[DS_ID_SIZE])
+{
+	char id[DS_ID_SIZE], rel[64], path[DS_PATH_MAX + 64];
+	struct ds_snapshot_info s;
+	struct disk_row *d = NULL;
+	int fd, r;
+
+	r = snapshot_root(e, snapshot_id, &s);
+	if (r == 0)
+		r = disk_new_id("d-", id);
+	if (r < 0)
+		return r;
+	snprintf(rel, sizeof(rel), "disks/%s.img", id);
+	r = path_in(e, rel, path, sizeof(path));
+	if (r < 0)
+		return r;
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+	if (fd < 0)
+		return -errno;
+	pthread_rwlock_rdlock(&e->gc_lock);
+	r = ds_image_restore(e->store, &s.manifest, fd, NULL, NULL);
+	pthread_rwlock_unlock(&e->gc_lock);
+	close(fd);
+	d = r == 0 ? calloc(1, sizeof(*d)) : NULL;
+	if (r == 0 && !d)
+		r = -ENOMEM;
+	if (r == 0)
+		r = disk_probe(path, d);
+	if (r == 0) {
+		snprintf(d->info.id, sizeof(d->info.id), "%s", id);
+		snprintf(d->info.name, sizeof(d->info.name), "%s", name && *name ? name : id);
+		d->info.owned = true;
+		d->info.created = now_s();
+		pthread_mutex_lock(&e->lock);
+		r = catalog_disk_insert(e->cat, d);
+		pthread_mutex_unlock(&e->lock);
+	}
+	if (r < 0)
+		unlink(path);
+	else
+		snprintf(id_out, DS_ID_SIZE, "%s", id);
+	free(d);
+	return r;
+}
+
+/* Loads a disk row and re-finds the disk on the host. Caller holds lock.
+ * Returns 0 (row->info.present says whether it was found) or -errno. */
+static int disk_load(struct ds_engine *e, const char *id, struct disk_row *d)
+{
+	char old_path[DS_PATH_MAX];
+	uint64_t old_size;
+	int r = catalog_disk_get(e->cat, id, d);
+
+	if (r < 0)
+		return r;
+	snprintf(old_path, sizeof(old_path), "%s", d->info.path);
+	old_size = d->info.size;
+	d->info.present = disk_resolve(d) == 0;
+	if (d->info.present && (strcmp(old_path, d->info.path) != 0 || old_size != d->info.size)) {
+		if (strcmp(old_path, d->info.path) != 0)
+			log_info("engine: disk %s is now %s (was %s)", id, d->info.path, old_path);
+		catalog_disk_update(e->cat, d);
+	}
+	return 0;
+}
+
+int ds_disk_get(struct ds_engine *e, const char *id, struct ds_disk_info *info)
+{
+	struct disk_row *d = malloc(sizeof(*d));
+	int r;
+
+	if (!d)
+		return -ENOMEM;
+	pthread_mutex_lock(&e->lock);
+	r = disk_load(e, id, d);
+	pthread_mutex_unlock(&e->lock);
+	if (r == 0)
+		*info = d->info;
+	free(d);
+	return r;
+}
+
+struct list_ctx {
+	ds_disk_fn fn;
+	void *opaque;
+	char (*ids)[DS_ID_SIZE];
+	size_t n, cap;
+};
+
+static int collect_disk(const struct disk_row *d, void *opaque)
+{
+	struct list_ctx *c = opaque;
+
+	if (c->n == c->cap) {
+		size_t cap = c->cap ? c->cap * 2 : 16;
+		char(*v)[DS_ID_SIZE] = realloc(c->ids, cap * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		c->ids = v;
+		c->cap = cap;
+	}
+	snprintf(c->ids[c->n++], DS_ID_SIZE, "%s", d->info.id);
+	return 0;
+}
+
+int ds_disk_list(struct ds_engine *e, ds_disk_fn fn, void *opaque)
+{
+	struct list_ctx c = {.fn = fn, .opaque = opaque};
+	struct ds_disk_info *info = malloc(sizeof(*info));
+	int r;
+
+	if (!info)
+		return -ENOMEM;
+	pthread_mutex_lock(&e->lock);
+	r = catalog_disk_each(e->cat, collect_disk, &c);
+	pthread_mutex_unlock(&e->lock);
+	for (size_t i = 0; r == 0 && i < c.n; i++) {
+		int g = ds_disk_get(e, c.ids[i], info);
+		if (g == 0)
+			r = fn(info, opaque);
+		else if (g != -ENOENT)
+			r = g;
+	}
+	free(c.ids);
+	free(info);
+	return r;
+}
+
+int ds_disk_delete(struct ds_engine *e, const char *id)
+{
+	struct disk_row *d = malloc(sizeof(*d));
+	int r;
+
+	if (!d)
+		return -ENOMEM;
+	pthread_mutex_lock(&e->lock);
+	r = catalog_disk_get(e->cat, id, d);
+	if (r == 0 && job_for_disk(e, id))
+		r = -EBUSY;
+	if (r == 0 && strcmp(d->info.status, "Available") != 0)
+		r = -EBUSY;
+	if (r == 0 && d->info.locked)
+		r = -ENOLCK;
+	if (r == 0)
+		r = catalog_disk_delete(e->cat, id);
+	pthread_mutex_unlock(&e->lock);
+	if (r == 0 && d->info.owned && unlink(d->info.path) < 0 && errno != ENOENT)
+		log_warn("engine: cannot remove %s: %s", d->info.path, strerror(errno));
+	free(d);
+	return r;
+}
+
+int ds_disk_set_locked(struct ds_engine *e, const char *id, bool locked)
+{
+	struct disk_row *d = malloc(sizeof(*d));
+	int r;
+
+	if (!d)
+		return -ENOMEM;
+	pthread_mutex_lock(&e->lock);
+	r = catalog_disk_get(e->cat, id, d);
+	if (r == 0) {
+		d->info.locked = locked;
+		r = catalog_disk_update(e->cat, d);
+	}
+	pthread_mutex_unlock(&e->lock);
+	free(d);
+	return r;
+}
+
+/* ---- snapshots --------------------------------------------------------------- */
+
+static void job_progress(uint64_t done, uint64_t total, void *opaque)
+{
+	struct job *j = opaque;
+
+	atomic_store(&j->progress, total ? (int)(done * 100 / total) : 100);
+}
+
+static bool job_pit_intact(void *opaque)
+{
+	struct job *j = opaque;
+
+	return disk_pit_intact(&j->pit);
+}
+
+static const char *copy_error(int r)
+{
+	switch (r) {
+	case -ECANCELED:
+		return "stopped: dsnap shut down during the copy";
+	case -ESTALE:
+		return "the image was opened for writing during the copy";
+	case -ENOSPC:
+		return "the store is full";
+	case -EIO:
+		return "read error, or the disk shrank during the copy";
+	default:
+		return strerror(-r);
+	}
+}
+
+static void *copy_thread(void *arg)
+{
+	struct job *j = arg;
+	struct ds_engine *e = j->e;
+	struct ds_snapshot_info *s = malloc(sizeof(*s));
+	ds_chunk_id root;
+	int r;
+
+	pthread_rwlock_rdlock(&e->gc_lock);
+	r = copier_backup(&j->cj);
+	if (r == 0)
+		r = ds_manifest_save(e->store, j->cj.m, &root);
+	if (r == 0 && !disk_pit_intact(&j->pit))
+		r = -ESTALE;
+	disk_pit_release(&j->pit);
+	ds_manifest_free(j->cj.m);
+	j->cj.m = NULL;
+
+	pthread_mutex_lock(&e->lock);
+	if (s && catalog_snapshot_get(e->cat, j->snap_id, s) == 0) {
+		s->modified = now_s();
+		s->bytes_read = atomic_load(&j->cj.bytes_read);
+		s->stored_bytes = atomic_load(&j->cj.bytes_stored);
+		if (r == 0) {
+			snprintf(s->status, sizeof(s->status), "accomplished");
+			s->progress = 100;
+			s->manifest = root;
+			s->has_manifest = true;
+		} else {
+			snprintf(s->status, sizeof(s->status), "failed");
+			s->progress = atomic_load(&j->progress);
+			snprintf(s->error, sizeof(s->error), "%s", copy_error(r));
+			log_warn("engine: snapshot %s of %s failed: %s", j->snap_id, j->disk_id,
+				 s->error);
+		}
+		if (catalog_snapshot_update(e->cat, s) < 0)
+			log_error("engine: cannot record the end of snapshot %s", j->snap_id);
+	}
+	j->finished = true;
+	pthread_cond_broadcast(&e->changed);
+	pthread_mutex_unlock(&e->lock);
+	pthread_rwlock_unlock(&e->gc_lock);
+	free(s);
+	return NULL;
+}
+
+struct count_ctx {
+	int manual;
+};
+
+static int count_manual(const struct ds_snapshot_info *s, void *opaque)
+{
+	struct count_ctx *c = opaque;
+
+	c->manual += !s->automatic;
+	return 0;
+}
+
+int ds_snapshot_create(struct ds_engine *e, const char *disk_id,
+		       const struct ds_snapshot_params *p, char id_out[DS_ID_SIZE])
+{
+	struct disk_row *d = malloc(sizeof(*d));
+	struct ds_snapshot_info *s = calloc(1, sizeof(*s));
+	struct job *j = calloc(1, sizeof(*j));
+	struct count_ctx cnt = {0};
+	int r = 0;
+
+	if (!d || !s || !j) {
+		r = -ENOMEM;
+		goto out_free;
+	}
+	if ((p->name && strlen(p->name) >= sizeof(s->name)) ||
+	    (p->description && strlen(p->description) >= sizeof(s->description)) ||
+	    p->retention_days < 0) {
+		r = -EINVAL;
+		goto out_free;
+	}
+	j->pit.fd = -1;
+	pthread_mutex_lock(&e->lock);
+	reap_jobs(e);
+	r = catalog_disk_get(e->cat, disk_id, d);
+	if (r == 0 && d->info.locked)
+		r = -ENOLCK;
+	if (r == 0 && strcmp(d->info.status, "Available") != 0)
+		r = -EBUSY;
+	if (r == 0 && job_for_disk(e, disk_id))
+		r = -EALREADY;
+	if (r == 0)
+		r = catalog_snapshot_each(e->cat, disk_id, count_manual, &cnt);
+	if (r == 0 && !p->automatic && cnt.manual >= DS_MAX_MANUAL_SNAPSHOTS)
+		r = -EDQUOT;
+	if (r == 0 && disk_resolve(d) < 0)
+		r = -ENODEV;
+	/* The point in time: from here the copy reads what the disk was now. */
+	if (r == 0)
+		r = disk_pit_take(d, &j->pit);
+	if (r == 0)
+		r = disk_new_id("s-", s->id);
+	if (r == 0) {
+		snprintf(s->disk_id, sizeof(s->disk_id), "%s", disk_id);
+		snprintf(s->name, sizeof(s->name), "%s", p->name ? p->name : "");
+		snprintf(s->description, sizeof(s->description), "%s",
+			 p->description ? p->description : "");
+		snprintf(s->status, sizeof(s->status), "progressing");
+		s->disk_size = j->pit.size;
+		s->created = s->modified = now_s();
+		s->retention_days = p->retention_days;
+		s->automatic = p->automatic;
+		r = catalog_snapshot_insert(e->cat, s);
+	}
+	if (r == 0) {
+		j->e = e;
+		snprintf(j->snap_id, sizeof(j->snap_id), "%s", s->id);
+		snprintf(j->disk_id, sizeof(j->disk_id), "%s", disk_id);
+		j->cj.s = e->store;
+		j->cj.fd = j->pit.fd;
+		j->cj.m = ds_manifest_new(ds_store_chunk_size(e->store), j->pit.size);
+		j->cj.seek_holes = d->info.kind == DS_DISK_FILE;
+		j->cj.cancel = &j->cancel;
+		j->cj.still_valid = job_pit_intact;
+		j->cj.progress = job_progress;
+		j->cj.opaque = j;
+		if (!j->cj.m)
+			r = -ENOMEM;
+		else if (pthread_create(&j->thread, NULL, copy_thread, j) != 0)
+			r = -EAGAIN;
+		if (r < 0) {
+			catalog_snapshot_delete(e->cat, s->id);
+			ds_manifest_free(j->cj.m);
+		}
+	}
+	if (r == 0) {
+		j->next = e->jobs;
+		e->jobs = j;
+		snprintf(id_out, DS_ID_SIZE, "%s", s->id);
+		j = NULL;
+	}
+	pthread_mutex_unlock(&e->lock);
+out_free:
+	if (j)
+		disk_pit_release(&j->pit);
+	free(j);
+	free(s);
+	free(d);
+	return r;
+}
+
+/* Overlays a running copy's progress. Caller holds lock. */
+static void snapshot_live(struct ds_engine *e, struct ds_snapshot_info *s)
+{
+	struct job *j = job_for_snapshot(e, s->id);
+
+	if (j && !j->finished)
+		s->progress = atomic_load(&j->progress);
+}
+
+int ds_snapshot_get(struct ds_engine *e, const char *id, struct ds_snapshot_info *info)
+{
+	int r;
+
+	pthread_mutex_lock(&e->lock);
+	r = catalog_snapshot_get(e->cat, id, info);
+	if (r == 0)
+		snapshot_live(e, info);
+	pthread_mutex_unlock(&e->lock);
+	return r;
+}
+
+int ds_snapshot_wait(struct ds_engine *e, const char *id)
+{
+	struct ds_snapshot_info *s = malloc(sizeof(*s));
+	struct job *j;
+	int r;
+
+	if (!s)
+		return -ENOMEM;
+	pthread_mutex_lock(&e->lock);
+	while ((j = job_for_snapshot(e, id)) && !j->finished)
+		pthread_cond_wait(&e->changed, &e->lock);
+	r = catalog_snapshot_get(e->cat, id, s);
+	pthread_mutex_unlock(&e->lock);
+	if (r == 0 && strcmp(s->status, "accomplished") != 0)
+		r = -EIO;
+	free(s);
+	return r;
+}
+
+struct snap_list_ctx {
+	struct ds_engine *e;
+	ds_snapshot_fn fn;
+	void *opaque;
+};
+
+static int snap_list_one(const struct ds_snapshot_info *s, void *opaque)
+{
+	struct snap_list_ctx *c = opaque;
+	struct ds_snapshot_info copy = *s;
+
+	snapshot_live(c->e, &copy);
+	return c->fn(&copy, c->opaque);
+}
+
+int ds_snapshot_list(struct ds_engine *e, const char *disk_id, ds_snapshot_fn fn, void *opaque)
+{
+	struct snap_list_ctx c = {e, fn, opaque};
+	int r;
+
+	pthread_mutex_lock(&e->lock);
+	r = catalog_snapshot_each(e->cat, disk_id, snap_list_one, &c);
+	pthread_mutex_unlock(&e->lock);
+	return r;
+}
+
+int ds_snapshot_delete(struct ds_engine *e, const char *id)
+{
+	struct job *j;
+	int r;
+
+	pthread_mutex_lock(&e->lock);
+	reap_jobs(e);
+	j = job_for_snapshot(e, id);
+	r = j && !j->finished ? -EBUSY : catalog_snapshot_delete(e->cat, id);
+	pthread_mutex_unlock(&e->lock);
+	return r;
+}
+
+/* The manifest root of an accomplished snapshot. */
+static int snapshot_root(struct ds_engine *e, const char *id, struct ds_snapshot_info *s)
+{
+	int r = ds_snapshot_get(e, id, s);
+
+	if (r < 0)
+		return r;
+	if (strcmp(s->status, "progressing") == 0)
+		return -EBUSY;
+	if (!s->has_manifest)
+		return -ENODATA;
+	return 0;
+}
+
+int64_t ds_snapshot_verify(struct ds_engine *e, const char *id)
+{
+	struct ds_snapshot_info s;
+	struct ds_manifest *m = NULL;
+	struct ds_chunk batch[64];
+	uint32_t cs = ds_store_chunk_size(e->store);
+	uint8_t *buf = NULL;
+	int64_t bad = 0;
+	int r;
+
+	r = snapshot_root(e, id, &s);
+	if (r < 0)
+		return r;
+	pthread_rwlock_rdlock(&e->gc_lock);
+	r = ds_manifest_load(e->store, &s.manifest, &m);
+	if (r == -EBADMSG || r == -ENOENT) {
+		bad = 1; /* the manifest itself is damaged */
+		r = 0;
+	} else if (r == 0) {
+		buf = malloc((size_t)cs * ARRAY_SIZE(batch));
+		r = buf ? 0 : -ENOMEM;
+	}
+	for (uint64_t k = 0; r == 0 && m && k < m->count;) {
+		size_t n = 0;
+		for (; k < m->count && n < ARRAY_SIZE(batch); k++) {
+			if (ds_chunk_id_is_zero(&m->ids[k]))
+				continue;
+			batch[n].id = m->ids[k];
+			batch[n].data = buf + n * (size_t)cs;
+			n++;
+		}
+		ds_store_get(e->store, batch, n);
+		for (size_t i = 0; i < n; i++)
+			bad += batch[i].err < 0;
+	}
+	pthread_rwlock_unlock(&e->gc_lock);
+	ds_manifest_free(m);
+	free(buf);
+	return r < 0 ? r : bad;
+}
+
+int ds_snapshot_export(struct ds_engine *e, const char *id, const char *path)
+{
+	struct ds_snapshot_info s;
+	int fd, r;
+
+	r = snapshot_root(e, id, &s);
+	if (r < 0)
+		return r;
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+	if (fd < 0)
+		return -errno;
+	pthread_rwlock_rdlock(&e->gc_lock);
+	r = ds_image_restore(e->store, &s.manifest, fd, NULL, NULL);
+	pthread_rwlock_unlock(&e->gc_lock);
+	close(fd);
+	if (r < 0)
+		unlink(path);
+	return r;
+}
+
+static int set_disk_status(struct ds_engine *e, const char *id, const char *status)
+{
+	struct disk_row *d = malloc(sizeof(*d));
+	int r;
+
+	if (!d)
+		return -ENOMEM;
+	pthread_mutex_lock(&e->lock);
+	r = catalog_disk_get(e->cat, id, d);
+	if (r == 0) {
+		snprintf(d->info.status, sizeof(d->info.status), "%s", status);
+		r = catalog_disk_update(e->cat, d);
+	}
+	pthread_mutex_unlock(&e->lock);
+	free(d);
+	return r;
+}
+
+int ds_disk_reset(struct ds_engine *e, const char *disk_id, const char *snapshot_id)
+{
+	struct disk_row *d = malloc(sizeof(*d));
+	struct ds_snapshot_info s;
+	struct copier_job cj = {0};
+	int fd = -1, r;
+
+	if (!d)
+		return -ENOMEM;
+	r = snapshot_root(e, snapshot_id, &s);
+	pthread_mutex_lock(&e->lock);
+	if (r == 0)
+		r = catalog_disk_get(e->cat, disk_id, d);
+	if (r == 0 && d->info.locked)
+		r = -ENOLCK;
+	if (r == 0 && job_for_disk(e, disk_id))
+		r = -EALREADY;
+	if (r == 0 && strcmp(d->info.status, "Available") != 0)
+		r = -EBUSY;
+	if (r == 0 && disk_resolve(d) < 0)
+		r = -ENODEV;
+	if (r == 0)
+		r = disk_open_for_restore(d, &fd);
+	if (r == 0) {
+		snprintf(d->info.status, sizeof(d->info.status), "ReIniting");
+		r = catalog_disk_update(e->cat, d);
+	}
+	pthread_mutex_unlock(&e->lock);
+	if (r < 0)
+		goto out;
+
+	pthread_rwlock_rdlock(&e->gc_lock);
+	r = ds_manifest_load(e->store, &s.manifest, &cj.m);
+	if (r == 0 && d->info.kind == DS_DISK_FILE) {
+		/* The image takes the snapshot's size; zero chunks become holes. */
+		if (ftruncate(fd, (off_t)cj.m->disk_size) < 0)
+			r = -errno;
+		cj.zeros = ZERO_PUNCH;
+	} else if (r == 0) {
+		if (d->info.size < cj.m->disk_size)
+			r = -ENOSPC;
+		cj.zeros = ZERO_WRITE;
+	}
+	if (r == 0) {
+		cj.s = e->store;
+		cj.fd = fd;
+		r = copier_restore(&cj);
+	}
+	if (r == 0 && fsync(fd) < 0)
+		r = -errno;
+	pthread_rwlock_unlock(&e->gc_lock);
+	ds_manifest_free(cj.m);
+	if (r < 0)
+		log_error("engine: reset of %s from %s failed: %s; the disk holds a partial "
+			  "image, reset it again", disk_id, snapshot_id, strerror(-r));
+	set_disk_status(e, disk_id, "Available");
+out:
+	if (fd >= 0)
+		close(fd);
+	free(d);
+	return r;
+}
+
+/* ---- garbage collection -------------------------------------------------------- */
+
+struct live_ctx {
+	struct ds_store *store;
+	ds_chunk_id *ids;
+	size_t n, cap;
+	int err;
+};
+
+static int collect_live(const struct ds_snapshot_info *s, void *opaque)
+{
+	struct live_ctx *c = opaque;
+	int r;
+
+	if (!s->has_manifest)
+		return 0;
+	r = ds_manifest_refs(c->store, &s->manifest, &c->ids, &c->n, &c->cap);
+	/* A snapshot whose manifest cannot be read keeps GC from running:
+	 * better keep garbage than drop a chunk someone may still need. */
+	if (r < 0) {
+		log_error("engine: snapshot %s cannot be read (%s); GC stopped", s->id,
+			  strerror(-r));
+		return r;
+	}
+	return 0;
+}
+
+int ds_engine_gc(struct ds_engine *e, struct ds_gc_stats *st)
+{
+	struct live_ctx c = {.store = e->store};
+	int r;
+
+	pthread_rwlock_wrlock(&e->gc_lock);
+	pthread_mutex_lock(&e->lock);
+	r = catalog_snapshot_each(e->cat, NULL, collect_live, &c);
+	pthread_mutex_unlock(&e->lock);
+	if (r == 0)
+		r = ds_store_gc(e->store, c.ids, c.n, st);
+	pthread_rwlock_unlock(&e->gc_lock);
+	free(c.ids);
+	return r;
+}

@@ -1,0 +1,148 @@
+/*
+ * The engine: disks, snapshots and the state folder that holds them.
+ *
+ * A state folder holds `catalog.db` (disks and snapshots), `store/` (the
+ * chunk store) and `disks/` (image files dsnap creates). One process opens
+ * it at a time.
+ *
+ * Errors follow include/dsnap/dsnap.h: 0 or a negative errno. The ones the
+ * API layer maps to codes of API.md:
+ *   -ENOENT      unknown disk or snapshot id
+ *   -ENODEV      the disk's device or file is gone from the host
+ *   -EBUSY       the disk is in use in a way that forbids the operation
+ *                (mounted, open for writing, being reset)
+ *   -EALREADY    a snapshot of this disk is already being created
+ *   -EDQUOT      the disk already has DS_MAX_MANUAL_SNAPSHOTS snapshots
+ *   -ENOTSUP     a path of a kind that cannot be a disk (character device,
+ *                directory, ...)
+ *   -EEXIST      the path is already registered, or an output exists
+ *   -ENOLCK      the disk is locked by the administrator
+ *   -ENOSPC      a target smaller than the snapshot, or a full store
+ *   -EINVAL      a malformed argument
+ */
+#ifndef DSNAP_ENGINE_H
+#define DSNAP_ENGINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <dsnap/chunk.h>
+#include <dsnap/dsnap.h>
+
+#define DS_ID_SIZE 24 /* "d-" or "s-" + 20 lowercase letters/digits + NUL */
+#define DS_PATH_MAX 4096
+#define DS_MAX_MANUAL_SNAPSHOTS 256
+
+struct ds_engine;
+
+struct ds_engine_options {
+	uint32_t chunk_size; /* for a new store; 0 = default */
+};
+
+/*
+ * Opens (creating when missing) the state folder. Snapshots that were
+ * `progressing` when the last process stopped are marked `failed` here.
+ */
+DS_EXPORT int ds_engine_open(const char *state_dir, const struct ds_engine_options *opt,
+			     struct ds_engine **out);
+/* Stops running copies (their snapshots end `failed`) and closes. */
+DS_EXPORT void ds_engine_close(struct ds_engine *e);
+DS_EXPORT struct ds_store *ds_engine_store(struct ds_engine *e);
+
+enum ds_disk_kind { DS_DISK_FILE = 0, DS_DISK_LOOP = 1, DS_DISK_BLOCK = 2 };
+
+struct ds_disk_info {
+	char id[DS_ID_SIZE];
+	char name[129];
+	char path[DS_PATH_MAX]; /* where the disk is now */
+	enum ds_disk_kind kind;
+	char status[16];        /* Available, In_use, ReIniting */
+	uint64_t size;          /* bytes */
+	char fs_type[32], fs_uuid[64], fs_label[128]; /* libblkid; "" when none */
+	int64_t created;        /* Unix seconds */
+	bool owned;             /* an image file dsnap created (deleted with the disk) */
+	bool locked;            /* administrator lock: every operation refused */
+	bool present;           /* found on the host just now (path is current) */
+};
+
+/*
+ * Registers a block device (loop device, LVM LV, partition, whole disk) or
+ * a raw image file. -ENOTSUP for other kinds, -EEXIST when that disk is
+ * already registered (its id is still written to id_out).
+ */
+DS_EXPORT int ds_disk_register(struct ds_engine *e, const char *path, const char *name,
+			       char id_out[DS_ID_SIZE]);
+/* Creates a new sparse image file of size bytes in the state folder. */
+DS_EXPORT int ds_disk_create(struct ds_engine *e, uint64_t size, const char *name,
+			     char id_out[DS_ID_SIZE]);
+/* Creates a new image file in the state folder filled from a snapshot. */
+DS_EXPORT int ds_disk_create_from_snapshot(struct ds_engine *e, const char *snapshot_id,
+					   const char *name, char id_out[DS_ID_SIZE]);
+/* Fills info, with path re-resolved (a renumbered loop device is found
+ * again by its backing file); info->present is false when it is gone. */
+DS_EXPORT int ds_disk_get(struct ds_engine *e, const char *id, struct ds_disk_info *info);
+typedef int (*ds_disk_fn)(const struct ds_disk_info *d, void *opaque);
+DS_EXPORT int ds_disk_list(struct ds_engine *e, ds_disk_fn fn, void *opaque);
+/* Forgets a disk (and deletes its image if dsnap created it). -EBUSY while
+ * one of its snapshots is being created. Its snapshots stay. */
+DS_EXPORT int ds_disk_delete(struct ds_engine *e, const char *id);
+DS_EXPORT int ds_disk_set_locked(struct ds_engine *e, const char *id, bool locked);
+
+struct ds_snapshot_params {
+	const char *name;        /* NULL = none */
+	const char *description; /* NULL = none */
+	int retention_days;      /* 0 = kept until deleted */
+	bool automatic;          /* made by a policy: SnapshotType auto */
+};
+
+struct ds_snapshot_info {
+	char id[DS_ID_SIZE];
+	char disk_id[DS_ID_SIZE];
+	char name[129];
+	char description[257];
+	char status[16];      /* progressing, accomplished, failed */
+	int progress;         /* percent, 0..100 */
+	uint64_t disk_size;   /* bytes */
+	int64_t created, modified; /* Unix seconds */
+	int retention_days;   /* 0 = none */
+	bool automatic;
+	bool has_manifest;
+	ds_chunk_id manifest; /* root, when accomplished */
+	uint64_t bytes_read;  /* bytes the copy read from the disk */
+	uint64_t stored_bytes;/* bytes the copy added to the store */
+	char error[256];      /* why it failed */
+};
+
+/*
+ * Takes a snapshot of a disk that is not attached. Returns once the point
+ * in time is fixed (the device is held, or the image cloned or leased) with
+ * the snapshot `progressing`; the copy runs in the background.
+ * -EBUSY when no point in time can be guaranteed (mounted, open for writing
+ * with no reflink), -EALREADY when another snapshot of the disk is running.
+ */
+DS_EXPORT int ds_snapshot_create(struct ds_engine *e, const char *disk_id,
+				 const struct ds_snapshot_params *p, char id_out[DS_ID_SIZE]);
+/* Waits until the snapshot is no longer `progressing`; 0 if accomplished,
+ * else the copy's error. */
+DS_EXPORT int ds_snapshot_wait(struct ds_engine *e, const char *id);
+DS_EXPORT int ds_snapshot_get(struct ds_engine *e, const char *id, struct ds_snapshot_info *info);
+typedef int (*ds_snapshot_fn)(const struct ds_snapshot_info *s, void *opaque);
+DS_EXPORT int ds_snapshot_list(struct ds_engine *e, const char *disk_id, ds_snapshot_fn fn,
+			       void *opaque);
+/* Releases a snapshot; its chunks go at the next ds_engine_gc(). -EBUSY
+ * while it is progressing. */
+DS_EXPORT int ds_snapshot_delete(struct ds_engine *e, const char *id);
+/* Reads every chunk of the snapshot; returns the number of bad chunks (>= 0).
+ * -EBUSY while it is progressing, -ENODATA for a failed one. */
+DS_EXPORT int64_t ds_snapshot_verify(struct ds_engine *e, const char *id);
+/* Writes the snapshot into a new sparse image file (must not exist). */
+DS_EXPORT int ds_snapshot_export(struct ds_engine *e, const char *id, const char *path);
+/* Writes the snapshot back onto its disk (or another of the same size).
+ * -EBUSY while the disk is mounted or open exclusively by someone else. */
+DS_EXPORT int ds_disk_reset(struct ds_engine *e, const char *disk_id, const char *snapshot_id);
+
+struct ds_gc_stats;
+/* Removes chunks that no snapshot uses. Waits for running copies. */
+DS_EXPORT int ds_engine_gc(struct ds_engine *e, struct ds_gc_stats *st);
+
+#endif
