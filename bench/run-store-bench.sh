@@ -53,8 +53,12 @@ threads="1 2"
 if [ "$(nproc)" -gt 2 ]; then
 	threads="1 2 $(nproc)"
 fi
-for t in $threads; do
-	echo
-	echo "== $bin --threads $t --store $tmp $* $tmp/usr-lib.tar"
-	"$bin" --threads "$t" --store "$tmp" "$@" "$tmp/usr-lib.tar"
+# put: durable per call (ds_store_put); --add: ds_store_add per batch and
+# one flush at the end, the way the copier stores a disk.
+for mode in "" --add; do
+	for t in $threads; do
+		echo
+		echo "== $bin --threads $t $mode --store $tmp $* $tmp/usr-lib.tar"
+		"$bin" --threads "$t" $mode --store "$tmp" "$@" "$tmp/usr-lib.tar"
+	done
 done
