@@ -7,8 +7,10 @@ PACKAGES=(
 	build-essential cmake pkg-config
 	liblz4-dev libxxhash-dev libsqlite3-dev   # engine: chunks, store
 	liburing-dev libblkid-dev                 # engine: copier, disks
+	libjson-c-dev libmicrohttpd-dev           # API, dsnapd, dsnap
 	libcmocka-dev                             # unit tests
 	e2fsprogs xfsprogs util-linux sqlite3     # integration tests: mkfs, fsck, losetup, index queries
+	btrfs-progs                               # integration tests: reflinked images, read errors
 )
 
 missing=()

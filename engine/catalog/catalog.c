@@ -25,7 +25,19 @@ static const char schema[] =
 	"  disk_size INTEGER NOT NULL, created INTEGER NOT NULL, modified INTEGER NOT NULL,"
 	"  retention_days INTEGER NOT NULL, automatic INTEGER NOT NULL, manifest BLOB,"
 	"  bytes_read INTEGER NOT NULL, stored_bytes INTEGER NOT NULL, error TEXT NOT NULL,"
+	"  category TEXT NOT NULL, instant_access INTEGER NOT NULL,"
+	"  ia_retention_days INTEGER NOT NULL, resource_group TEXT NOT NULL,"
 	"  seq INTEGER NOT NULL);"
+	"CREATE TABLE IF NOT EXISTS tags("
+	"  snapshot_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, pos INTEGER NOT NULL,"
+	"  PRIMARY KEY(snapshot_id, key)) WITHOUT ROWID;"
+	"CREATE INDEX IF NOT EXISTS tags_by_key ON tags(key, value);"
+	"CREATE TABLE IF NOT EXISTS resource_groups("
+	"  id TEXT PRIMARY KEY, name TEXT NOT NULL, created INTEGER NOT NULL);"
+	"CREATE TABLE IF NOT EXISTS client_tokens("
+	"  caller INTEGER NOT NULL, token TEXT NOT NULL, action TEXT NOT NULL,"
+	"  fingerprint TEXT NOT NULL, result TEXT NOT NULL, created INTEGER NOT NULL,"
+	"  PRIMARY KEY(caller, token)) WITHOUT ROWID;"
 	"CREATE INDEX IF NOT EXISTS snapshots_by_disk ON snapshots(disk_id, seq);"
 	"CREATE INDEX IF NOT EXISTS snapshots_by_seq ON snapshots(seq);"
 	"INSERT OR IGNORE INTO meta(key, value) VALUES('format', 1);";
@@ -251,7 +263,8 @@ int catalog_disk_each(struct catalog *c, catalog_disk_fn fn, void *opaque)
 
 #define SNAP_COLS                                                                         \
 	"id, disk_id, name, description, status, progress, disk_size, created, modified, " \
-	"retention_days, automatic, manifest, bytes_read, stored_bytes, error"
+	"retention_days, automatic, manifest, bytes_read, stored_bytes, error, category, "  \
+	"instant_access, ia_retention_days, resource_group"
 
 static void snap_bind(sqlite3_stmt *st, const struct ds_snapshot_info *s)
 {
@@ -273,6 +286,10 @@ static void snap_bind(sqlite3_stmt *st, const struct ds_snapshot_info *s)
 	sqlite3_bind_int64(st, 13, (int64_t)s->bytes_read);
 	sqlite3_bind_int64(st, 14, (int64_t)s->stored_bytes);
 	sqlite3_bind_text(st, 15, s->error, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 16, s->category, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 17, s->instant_access);
+	sqlite3_bind_int(st, 18, s->ia_retention_days);
+	sqlite3_bind_text(st, 19, s->resource_group, -1, SQLITE_STATIC);
 }
 
 static void snap_read(sqlite3_stmt *st, struct ds_snapshot_info *s)
@@ -296,19 +313,63 @@ static void snap_read(sqlite3_stmt *st, struct ds_snapshot_info *s)
 	s->bytes_read = (uint64_t)sqlite3_column_int64(st, 12);
 	s->stored_bytes = (uint64_t)sqlite3_column_int64(st, 13);
 	copy_text(s->error, sizeof(s->error), st, 14);
+	copy_text(s->category, sizeof(s->category), st, 15);
+	s->instant_access = sqlite3_column_int(st, 16);
+	s->ia_retention_days = sqlite3_column_int(st, 17);
+	copy_text(s->resource_group, sizeof(s->resource_group), st, 18);
+}
+
+/* Tags are kept in their own table; loaded in request order. */
+static int tags_load(struct catalog *c, struct ds_snapshot_info *s)
+{
+	sqlite3_stmt *st;
+	int r = index_prepare(c->db, "SELECT key, value FROM tags WHERE snapshot_id = ?1 "
+				     "ORDER BY pos", &st);
+	int rc;
+
+	if (r < 0)
+		return r;
+	sqlite3_bind_text(st, 1, s->id, -1, SQLITE_STATIC);
+	s->ntags = 0;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW && s->ntags < DS_MAX_TAGS) {
+		copy_text(s->tags[s->ntags].key, sizeof(s->tags[0].key), st, 0);
+		copy_text(s->tags[s->ntags].value, sizeof(s->tags[0].value), st, 1);
+		s->ntags++;
+	}
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : index_errno(rc);
+}
+
+static int tags_store(struct catalog *c, const struct ds_snapshot_info *s)
+{
+	sqlite3_stmt *st;
+	int r = index_prepare(c->db, "INSERT OR REPLACE INTO tags(snapshot_id, key, value, pos) "
+				     "VALUES(?1, ?2, ?3, ?4)", &st);
+
+	for (int i = 0; r == 0 && i < s->ntags; i++) {
+		sqlite3_bind_text(st, 1, s->id, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, s->tags[i].key, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 3, s->tags[i].value, -1, SQLITE_STATIC);
+		sqlite3_bind_int(st, 4, i);
+		r = index_errno(sqlite3_step(st));
+		sqlite3_reset(st);
+	}
+	sqlite3_finalize(st);
+	return r;
 }
 
 int catalog_snapshot_insert(struct catalog *c, const struct ds_snapshot_info *s)
 {
 	sqlite3_stmt *st;
 	int r = index_prepare(c->db, "INSERT INTO snapshots(" SNAP_COLS ", seq) VALUES(?1, ?2, ?3, "
-				     "?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, "
-				     "(SELECT coalesce(max(seq), 0) + 1 FROM snapshots))", &st);
+				     "?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, "
+				     "?18, ?19, (SELECT coalesce(max(seq), 0) + 1 FROM snapshots))", &st);
 
 	if (r < 0)
 		return r;
 	snap_bind(st, s);
-	return step_done(st);
+	r = step_done(st);
+	return r < 0 ? r : tags_store(c, s);
 }
 
 int catalog_snapshot_update(struct catalog *c, const struct ds_snapshot_info *s)
@@ -318,7 +379,9 @@ int catalog_snapshot_update(struct catalog *c, const struct ds_snapshot_info *s)
 				     "description = ?4, status = ?5, progress = ?6, disk_size = ?7, "
 				     "created = ?8, modified = ?9, retention_days = ?10, "
 				     "automatic = ?11, manifest = ?12, bytes_read = ?13, "
-				     "stored_bytes = ?14, error = ?15 WHERE id = ?1", &st);
+				     "stored_bytes = ?14, error = ?15, category = ?16, "
+				     "instant_access = ?17, ia_retention_days = ?18, "
+				     "resource_group = ?19 WHERE id = ?1", &st);
 
 	if (r < 0)
 		return r;
@@ -343,7 +406,7 @@ int catalog_snapshot_get(struct catalog *c, const char *id, struct ds_snapshot_i
 		snap_read(st, s);
 	r = rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? -ENOENT : index_errno(rc);
 	sqlite3_finalize(st);
-	return r;
+	return r < 0 ? r : tags_load(c, s);
 }
 
 int catalog_snapshot_delete(struct catalog *c, const char *id)
@@ -357,6 +420,10 @@ int catalog_snapshot_delete(struct catalog *c, const char *id)
 	r = step_done(st);
 	if (r == 0 && sqlite3_changes(c->db) == 0)
 		r = -ENOENT;
+	if (r == 0 && index_prepare(c->db, "DELETE FROM tags WHERE snapshot_id = ?1", &st) == 0) {
+		sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+		r = step_done(st);
+	}
 	return r;
 }
 
@@ -377,7 +444,9 @@ int catalog_snapshot_each(struct catalog *c, const char *disk_id, catalog_snapsh
 		sqlite3_bind_text(st, 1, disk_id, -1, SQLITE_STATIC);
 	while (r == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
 		snap_read(st, s);
-		r = fn(s, opaque);
+		r = tags_load(c, s);
+		if (r == 0)
+			r = fn(s, opaque);
 	}
 	if (r == 0 && rc != SQLITE_DONE)
 		r = index_errno(rc);
@@ -397,4 +466,125 @@ int catalog_fail_progressing(struct catalog *c, const char *why)
 	sqlite3_bind_text(st, 1, why, -1, SQLITE_STATIC);
 	r = step_done(st);
 	return r < 0 ? r : sqlite3_changes(c->db);
+}
+
+/* ---- resource groups ----------------------------------------------------- */
+
+int catalog_rg_insert(struct catalog *c, const char *id, const char *name, int64_t created)
+{
+	sqlite3_stmt *st;
+	int r = index_prepare(c->db, "INSERT INTO resource_groups(id, name, created) "
+				     "VALUES(?1, ?2, ?3)", &st);
+
+	if (r < 0)
+		return r;
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, created);
+	return step_done(st);
+}
+
+int catalog_rg_get(struct catalog *c, const char *id, char *name, size_t size, int64_t *created)
+{
+	sqlite3_stmt *st;
+	int r = index_prepare(c->db, "SELECT name, created FROM resource_groups WHERE id = ?1", &st);
+	int rc;
+
+	if (r < 0)
+		return r;
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		if (name)
+			copy_text(name, size, st, 0);
+		if (created)
+			*created = sqlite3_column_int64(st, 1);
+	}
+	r = rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? -ENOENT : index_errno(rc);
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_rg_each(struct catalog *c, catalog_rg_fn fn, void *opaque)
+{
+	sqlite3_stmt *st;
+	int r = index_prepare(c->db, "SELECT id, name, created FROM resource_groups ORDER BY created, id",
+			      &st);
+	int rc = SQLITE_DONE;
+
+	while (r == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW)
+		r = fn((const char *)sqlite3_column_text(st, 0),
+		       (const char *)sqlite3_column_text(st, 1), sqlite3_column_int64(st, 2), opaque);
+	if (r == 0 && rc != SQLITE_DONE && rc != SQLITE_ROW)
+		r = index_errno(rc);
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_rg_delete(struct catalog *c, const char *id)
+{
+	sqlite3_stmt *st;
+	int r = index_prepare(c->db, "SELECT 1 FROM snapshots WHERE resource_group = ?1 LIMIT 1",
+			      &st);
+	int rc;
+
+	if (r < 0)
+		return r;
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc == SQLITE_ROW)
+		return -ENOTEMPTY;
+	r = index_prepare(c->db, "DELETE FROM resource_groups WHERE id = ?1", &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	r = step_done(st);
+	if (r == 0 && sqlite3_changes(c->db) == 0)
+		r = -ENOENT;
+	return r;
+}
+
+/* ---- client tokens --------------------------------------------------------- */
+
+int catalog_token_get(struct catalog *c, int64_t caller, const char *token, char *action,
+		      size_t asize, char *fingerprint, size_t fsize, char *result, size_t rsize)
+{
+	sqlite3_stmt *st;
+	int r = index_prepare(c->db, "SELECT action, fingerprint, result FROM client_tokens "
+				     "WHERE caller = ?1 AND token = ?2", &st);
+	int rc;
+
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, caller);
+	sqlite3_bind_text(st, 2, token, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		copy_text(action, asize, st, 0);
+		copy_text(fingerprint, fsize, st, 1);
+		copy_text(result, rsize, st, 2);
+	}
+	r = rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? -ENOENT : index_errno(rc);
+	sqlite3_finalize(st);
+	return r;
+}
+
+int catalog_token_put(struct catalog *c, int64_t caller, const char *token, const char *action,
+		      const char *fingerprint, const char *result, int64_t created)
+{
+	sqlite3_stmt *st;
+	int r = index_prepare(c->db, "INSERT OR REPLACE INTO client_tokens(caller, token, action, "
+				     "fingerprint, result, created) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+			      &st);
+
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, caller);
+	sqlite3_bind_text(st, 2, token, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, action, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 4, fingerprint, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 5, result, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 6, created);
+	return step_done(st);
 }

@@ -56,4 +56,18 @@ int catalog_snapshot_each(struct catalog *c, const char *disk_id, catalog_snapsh
 /* Marks every `progressing` snapshot `failed` (after a restart). Returns how many. */
 int catalog_fail_progressing(struct catalog *c, const char *why);
 
+int catalog_rg_insert(struct catalog *c, const char *id, const char *name, int64_t created);
+int catalog_rg_get(struct catalog *c, const char *id, char *name, size_t size, int64_t *created);
+typedef int (*catalog_rg_fn)(const char *id, const char *name, int64_t created, void *opaque);
+int catalog_rg_each(struct catalog *c, catalog_rg_fn fn, void *opaque);
+/* -ENOTEMPTY while snapshots belong to it. */
+int catalog_rg_delete(struct catalog *c, const char *id);
+
+/* ClientToken records: what a token was used for, so a repeat returns the
+ * same result. caller is the uid the token belongs to. */
+int catalog_token_get(struct catalog *c, int64_t caller, const char *token, char *action,
+		      size_t asize, char *fingerprint, size_t fsize, char *result, size_t rsize);
+int catalog_token_put(struct catalog *c, int64_t caller, const char *token, const char *action,
+		      const char *fingerprint, const char *result, int64_t created);
+
 #endif

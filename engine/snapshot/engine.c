@@ -72,6 +72,7 @@ struct ds_engine {
 	pthread_cond_t changed;
 	pthread_rwlock_t gc_lock;
 	struct job *jobs;
+	int max_copies; /* per disk */
 };
 
 static int64_t now_s(void)
@@ -105,6 +106,7 @@ int ds_engine_open(const char *state_dir, const struct ds_engine_options *opt,
 		return -ENOMEM;
 	snprintf(e->dir, sizeof(e->dir), "%s", state_dir);
 	e->lock_fd = -1;
+	e->max_copies = opt && opt->max_copies_per_disk > 0 ? opt->max_copies_per_disk : 1;
 	pthread_mutex_init(&e->lock, NULL);
 	pthread_cond_init(&e->changed, NULL);
 	pthread_rwlock_init(&e->gc_lock, NULL);
@@ -188,6 +190,15 @@ static struct job *job_for_disk(struct ds_engine *e, const char *disk_id)
 		if (!j->finished && strcmp(j->disk_id, disk_id) == 0)
 			return j;
 	return NULL;
+}
+
+static int jobs_for_disk(struct ds_engine *e, const char *disk_id)
+{
+	int n = 0;
+
+	for (struct job *j = e->jobs; j; j = j->next)
+		n += !j->finished && strcmp(j->disk_id, disk_id) == 0;
+	return n;
 }
 
 static struct job *job_for_snapshot(struct ds_engine *e, const char *snap_id)
@@ -587,7 +598,9 @@ int ds_snapshot_create(struct ds_engine *e, const char *disk_id,
 	}
 	if ((p->name && strlen(p->name) >= sizeof(s->name)) ||
 	    (p->description && strlen(p->description) >= sizeof(s->description)) ||
-	    p->retention_days < 0) {
+	    (p->category && strlen(p->category) >= sizeof(s->category)) ||
+	    (p->resource_group && strlen(p->resource_group) >= sizeof(s->resource_group)) ||
+	    p->retention_days < 0 || p->ntags < 0 || p->ntags > DS_MAX_TAGS) {
 		r = -EINVAL;
 		goto out_free;
 	}
@@ -599,8 +612,11 @@ int ds_snapshot_create(struct ds_engine *e, const char *disk_id,
 		r = -ENOLCK;
 	if (r == 0 && strcmp(d->info.status, "Available") != 0)
 		r = -EBUSY;
-	if (r == 0 && job_for_disk(e, disk_id))
-		r = -EALREADY;
+	if (r == 0 && jobs_for_disk(e, disk_id) >= e->max_copies)
+		r = e->max_copies > 1 ? -EUSERS : -EALREADY;
+	if (r == 0 && p->resource_group && *p->resource_group &&
+	    catalog_rg_get(e->cat, p->resource_group, NULL, 0, NULL) < 0)
+		r = -ENXIO;
 	if (r == 0)
 		r = catalog_snapshot_each(e->cat, disk_id, count_manual, &cnt);
 	if (r == 0 && !p->automatic && cnt.manual >= DS_MAX_MANUAL_SNAPSHOTS)
@@ -622,7 +638,22 @@ int ds_snapshot_create(struct ds_engine *e, const char *disk_id,
 		s->created = s->modified = now_s();
 		s->retention_days = p->retention_days;
 		s->automatic = p->automatic;
-		r = catalog_snapshot_insert(e->cat, s);
+		snprintf(s->category, sizeof(s->category), "%s",
+			 p->category ? p->category : "Standard");
+		s->instant_access = p->instant_access;
+		s->ia_retention_days = p->ia_retention_days;
+		snprintf(s->resource_group, sizeof(s->resource_group), "%s",
+			 p->resource_group ? p->resource_group : "");
+		s->ntags = p->ntags;
+		for (int i = 0; i < p->ntags; i++)
+			s->tags[i] = p->tags[i];
+		r = catalog_begin(e->cat);
+		if (r == 0)
+			r = catalog_snapshot_insert(e->cat, s);
+		if (r == 0)
+			r = catalog_commit(e->cat);
+		else
+			catalog_rollback(e->cat);
 	}
 	if (r == 0) {
 		j->e = e;
@@ -936,5 +967,181 @@ int ds_engine_gc(struct ds_engine *e, struct ds_gc_stats *st)
 		r = ds_store_gc(e->store, c.ids, c.n, st);
 	pthread_rwlock_unlock(&e->gc_lock);
 	free(c.ids);
+	return r;
+}
+
+/* ---- attributes, usage, retention ------------------------------------------------ */
+
+int ds_snapshot_modify(struct ds_engine *e, const char *id, const char *name,
+		       const char *description, int retention_days)
+{
+	struct ds_snapshot_info *s = malloc(sizeof(*s));
+	int r;
+
+	if (!s)
+		return -ENOMEM;
+	if ((name && strlen(name) >= sizeof(s->name)) ||
+	    (description && strlen(description) >= sizeof(s->description)) || retention_days < -1) {
+		free(s);
+		return -EINVAL;
+	}
+	pthread_mutex_lock(&e->lock);
+	r = catalog_snapshot_get(e->cat, id, s);
+	if (r == 0) {
+		if (name)
+			snprintf(s->name, sizeof(s->name), "%s", name);
+		if (description)
+			snprintf(s->description, sizeof(s->description), "%s", description);
+		if (retention_days >= 0)
+			s->retention_days = retention_days;
+		s->modified = now_s();
+		r = catalog_snapshot_update(e->cat, s);
+	}
+	pthread_mutex_unlock(&e->lock);
+	free(s);
+	return r;
+}
+
+static int count_one(const struct ds_snapshot_info *s, void *opaque)
+{
+	(*(uint64_t *)opaque)++;
+	return 0;
+}
+
+int ds_snapshot_usage(struct ds_engine *e, uint64_t *count, uint64_t *stored_bytes)
+{
+	struct ds_store_stats st;
+	int r;
+
+	*count = 0;
+	pthread_mutex_lock(&e->lock);
+	r = catalog_snapshot_each(e->cat, NULL, count_one, count);
+	pthread_mutex_unlock(&e->lock);
+	if (r == 0)
+		r = ds_store_stats(e->store, &st);
+	if (r == 0)
+		*stored_bytes = st.stored_bytes;
+	return r;
+}
+
+struct expire_ctx {
+	int64_t now;
+	char (*ids)[DS_ID_SIZE];
+	size_t n, cap;
+};
+
+static int find_expired(const struct ds_snapshot_info *s, void *opaque)
+{
+	struct expire_ctx *c = opaque;
+
+	if (s->retention_days <= 0 || strcmp(s->status, "progressing") == 0 ||
+	    s->created + (int64_t)s->retention_days * 86400 > c->now)
+		return 0;
+	if (c->n == c->cap) {
+		size_t cap = c->cap ? c->cap * 2 : 16;
+		char(*v)[DS_ID_SIZE] = realloc(c->ids, cap * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		c->ids = v;
+		c->cap = cap;
+	}
+	snprintf(c->ids[c->n++], DS_ID_SIZE, "%s", s->id);
+	return 0;
+}
+
+int ds_engine_expire(struct ds_engine *e, int64_t now, int *released)
+{
+	struct expire_ctx c = {.now = now};
+	int r, n = 0;
+
+	pthread_mutex_lock(&e->lock);
+	r = catalog_snapshot_each(e->cat, NULL, find_expired, &c);
+	pthread_mutex_unlock(&e->lock);
+	for (size_t i = 0; r == 0 && i < c.n; i++) {
+		int d = ds_snapshot_delete(e, c.ids[i]);
+		if (d == 0) {
+			log_info("engine: snapshot %s expired and was released", c.ids[i]);
+			n++;
+		} else if (d != -ENOENT && d != -EBUSY) {
+			r = d;
+		}
+	}
+	free(c.ids);
+	if (r == 0 && n > 0)
+		r = ds_engine_gc(e, NULL);
+	if (released)
+		*released = n;
+	return r;
+}
+
+/* ---- resource groups and client tokens -------------------------------------------- */
+
+int ds_rg_create(struct ds_engine *e, const char *name, char id_out[DS_ID_SIZE + 8])
+{
+	char id[DS_ID_SIZE + 8];
+	int r;
+
+	if (!name || !*name || strlen(name) > 128)
+		return -EINVAL;
+	r = disk_new_id("rg-", id);
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&e->lock);
+	r = catalog_rg_insert(e->cat, id, name, now_s());
+	pthread_mutex_unlock(&e->lock);
+	if (r == 0)
+		snprintf(id_out, DS_ID_SIZE + 8, "%s", id);
+	return r;
+}
+
+int ds_rg_exists(struct ds_engine *e, const char *id)
+{
+	int r;
+
+	pthread_mutex_lock(&e->lock);
+	r = catalog_rg_get(e->cat, id, NULL, 0, NULL);
+	pthread_mutex_unlock(&e->lock);
+	return r;
+}
+
+int ds_rg_list(struct ds_engine *e, ds_rg_fn fn, void *opaque)
+{
+	int r;
+
+	pthread_mutex_lock(&e->lock);
+	r = catalog_rg_each(e->cat, fn, opaque);
+	pthread_mutex_unlock(&e->lock);
+	return r;
+}
+
+int ds_rg_delete(struct ds_engine *e, const char *id)
+{
+	int r;
+
+	pthread_mutex_lock(&e->lock);
+	r = catalog_rg_delete(e->cat, id);
+	pthread_mutex_unlock(&e->lock);
+	return r;
+}
+
+int ds_token_get(struct ds_engine *e, int64_t caller, const char *token, char action[64],
+		 char fingerprint[65], char result[64])
+{
+	int r;
+
+	pthread_mutex_lock(&e->lock);
+	r = catalog_token_get(e->cat, caller, token, action, 64, fingerprint, 65, result, 64);
+	pthread_mutex_unlock(&e->lock);
+	return r;
+}
+
+int ds_token_put(struct ds_engine *e, int64_t caller, const char *token, const char *action,
+		 const char *fingerprint, const char *result)
+{
+	int r;
+
+	pthread_mutex_lock(&e->lock);
+	r = catalog_token_put(e->cat, caller, token, action, fingerprint, result, now_s());
+	pthread_mutex_unlock(&e->lock);
 	return r;
 }

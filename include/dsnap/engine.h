@@ -36,7 +36,8 @@
 struct ds_engine;
 
 struct ds_engine_options {
-	uint32_t chunk_size; /* for a new store; 0 = default */
+	uint32_t chunk_size;      /* for a new store; 0 = default */
+	int max_copies_per_disk;  /* snapshots of one disk created at once; 0 = 1 */
 };
 
 /*
@@ -88,11 +89,24 @@ DS_EXPORT int ds_disk_list(struct ds_engine *e, ds_disk_fn fn, void *opaque);
 DS_EXPORT int ds_disk_delete(struct ds_engine *e, const char *id);
 DS_EXPORT int ds_disk_set_locked(struct ds_engine *e, const char *id, bool locked);
 
+#define DS_MAX_TAGS 20
+
+struct ds_tag {
+	char key[129];
+	char value[129];
+};
+
 struct ds_snapshot_params {
 	const char *name;        /* NULL = none */
 	const char *description; /* NULL = none */
 	int retention_days;      /* 0 = kept until deleted */
 	bool automatic;          /* made by a policy: SnapshotType auto */
+	const char *category;    /* NULL = "Standard" */
+	bool instant_access;
+	int ia_retention_days;   /* 0 = none */
+	const char *resource_group; /* NULL = none; must exist (-ENXIO otherwise) */
+	int ntags;
+	const struct ds_tag *tags;
 };
 
 struct ds_snapshot_info {
@@ -111,6 +125,12 @@ struct ds_snapshot_info {
 	uint64_t bytes_read;  /* bytes the copy read from the disk */
 	uint64_t stored_bytes;/* bytes the copy added to the store */
 	char error[256];      /* why it failed */
+	char category[16];
+	bool instant_access;
+	int ia_retention_days;
+	char resource_group[DS_ID_SIZE + 8];
+	int ntags;
+	struct ds_tag tags[DS_MAX_TAGS];
 };
 
 /*
@@ -118,7 +138,9 @@ struct ds_snapshot_info {
  * in time is fixed (the device is held, or the image cloned or leased) with
  * the snapshot `progressing`; the copy runs in the background.
  * -EBUSY when no point in time can be guaranteed (mounted, open for writing
- * with no reflink), -EALREADY when another snapshot of the disk is running.
+ * with no reflink), -EALREADY when another snapshot of the disk is running
+ * (-EUSERS when max_copies_per_disk > 1 and that many are running), -ENXIO
+ * for an unknown resource group.
  */
 DS_EXPORT int ds_snapshot_create(struct ds_engine *e, const char *disk_id,
 				 const struct ds_snapshot_params *p, char id_out[DS_ID_SIZE]);
@@ -140,6 +162,38 @@ DS_EXPORT int ds_snapshot_export(struct ds_engine *e, const char *id, const char
 /* Writes the snapshot back onto its disk (or another of the same size).
  * -EBUSY while the disk is mounted or open exclusively by someone else. */
 DS_EXPORT int ds_disk_reset(struct ds_engine *e, const char *disk_id, const char *snapshot_id);
+
+/* Changes name, description (NULL: keep) and retention (-1: keep, 0: none). */
+DS_EXPORT int ds_snapshot_modify(struct ds_engine *e, const char *id, const char *name,
+				 const char *description, int retention_days);
+
+/* Number of snapshots, and the bytes the store holds for all of them. */
+DS_EXPORT int ds_snapshot_usage(struct ds_engine *e, uint64_t *count, uint64_t *stored_bytes);
+
+/*
+ * Releases every snapshot whose retention has passed at time now (Unix
+ * seconds; RetentionDays counts from creation), then collects their chunks
+ * when any was released. *released: how many. Snapshots still progressing
+ * are left for a later call.
+ */
+DS_EXPORT int ds_engine_expire(struct ds_engine *e, int64_t now, int *released);
+
+/* Resource groups: named groups of snapshots, "rg-" ids. */
+DS_EXPORT int ds_rg_create(struct ds_engine *e, const char *name, char id_out[DS_ID_SIZE + 8]);
+DS_EXPORT int ds_rg_exists(struct ds_engine *e, const char *id);
+typedef int (*ds_rg_fn)(const char *id, const char *name, int64_t created, void *opaque);
+DS_EXPORT int ds_rg_list(struct ds_engine *e, ds_rg_fn fn, void *opaque);
+/* -ENOTEMPTY while snapshots belong to it. */
+DS_EXPORT int ds_rg_delete(struct ds_engine *e, const char *id);
+
+/*
+ * ClientToken records (for the API's idempotence): 0 and the stored action,
+ * fingerprint and result of (caller, token), or -ENOENT.
+ */
+DS_EXPORT int ds_token_get(struct ds_engine *e, int64_t caller, const char *token,
+			   char action[64], char fingerprint[65], char result[64]);
+DS_EXPORT int ds_token_put(struct ds_engine *e, int64_t caller, const char *token,
+			   const char *action, const char *fingerprint, const char *result);
 
 struct ds_gc_stats;
 /* Removes chunks that no snapshot uses. Waits for running copies. */
