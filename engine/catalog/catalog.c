@@ -588,3 +588,26 @@ int catalog_token_put(struct catalog *c, int64_t caller, const char *token, cons
 	sqlite3_bind_int64(st, 6, created);
 	return step_done(st);
 }
+
+int catalog_end_resets(struct catalog *c)
+{
+	int r = index_exec(c->db, "UPDATE disks SET status = 'Available' WHERE status = 'ReIniting'");
+
+	return r < 0 ? r : sqlite3_changes(c->db);
+}
+
+int catalog_count_manual(struct catalog *c, const char *disk_id)
+{
+	sqlite3_stmt *st;
+	int r = index_prepare(c->db, "SELECT count(*) FROM snapshots WHERE disk_id = ?1 AND "
+				     "automatic = 0", &st);
+	int rc;
+
+	if (r < 0)
+		return r;
+	sqlite3_bind_text(st, 1, disk_id, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	r = rc == SQLITE_ROW ? sqlite3_column_int(st, 0) : index_errno(rc);
+	sqlite3_finalize(st);
+	return r;
+}

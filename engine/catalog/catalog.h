@@ -53,8 +53,12 @@ typedef int (*catalog_snapshot_fn)(const struct ds_snapshot_info *s, void *opaqu
 /* Snapshots in creation order; disk_id NULL for all. */
 int catalog_snapshot_each(struct catalog *c, const char *disk_id, catalog_snapshot_fn fn,
 			  void *opaque);
+/* Number of manual (not automatic) snapshots of a disk, or -errno. */
+int catalog_count_manual(struct catalog *c, const char *disk_id);
 /* Marks every `progressing` snapshot `failed` (after a restart). Returns how many. */
 int catalog_fail_progressing(struct catalog *c, const char *why);
+/* Makes disks left `ReIniting` by a stop `Available` again. Returns how many. */
+int catalog_end_resets(struct catalog *c);
 
 int catalog_rg_insert(struct catalog *c, const char *id, const char *name, int64_t created);
 int catalog_rg_get(struct catalog *c, const char *id, char *name, size_t size, int64_t *created);

@@ -23,6 +23,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <liburing.h>
 
@@ -226,10 +227,14 @@ static void reap(struct worker *w, struct slab *sl)
 static bool range_is_hole(int fd, uint64_t off, uint64_t len)
 {
 	off_t d = lseek(fd, (off_t)off, SEEK_DATA);
+	struct stat st;
 
-	if (d < 0)
-		return errno == ENXIO;
-	return (uint64_t)d >= off + len;
+	if (d >= 0)
+		return (uint64_t)d >= off + len;
+	/* ENXIO: no data from off to the end of the file, or off is past the
+	 * end. A range past the end is read, and the read fails the copy (the
+	 * file shrank), rather than passing for zeros. */
+	return errno == ENXIO && fstat(fd, &st) == 0 && (uint64_t)st.st_size >= off + len;
 }
 
 /* ---- backup --------------------------------------------------------------- */

@@ -60,6 +60,7 @@ struct job {
 	atomic_int progress;
 	pthread_t thread;
 	bool finished; /* the thread has recorded its result */
+	int err;       /* the copy's result, once finished */
 	struct job *next;
 };
 
@@ -140,6 +141,15 @@ int ds_engine_open(const char *state_dir, const struct ds_engine_options *opt,
 		r = catalog_fail_progressing(e->cat, "interrupted: dsnap stopped during the copy");
 		if (r > 0)
 			log_warn("engine: %d snapshot(s) interrupted by a stop are now failed", r);
+		r = r < 0 ? r : 0;
+	}
+	if (r == 0) {
+		/* A reset cut short leaves a partial image; the disk is usable
+		 * again so it can be reset once more. */
+		r = catalog_end_resets(e->cat);
+		if (r > 0)
+			log_warn("engine: %d disk(s) were being reset when dsnap stopped; they hold "
+				 "a partial image until reset again", r);
 		r = r < 0 ? r : 0;
 	}
 	if (r < 0) {
@@ -563,6 +573,7 @@ static void *copy_thread(void *arg)
 		if (catalog_snapshot_update(e->cat, s) < 0)
 			log_error("engine: cannot record the end of snapshot %s", j->snap_id);
 	}
+	j->err = r;
 	j->finished = true;
 	pthread_cond_broadcast(&e->changed);
 	pthread_mutex_unlock(&e->lock);
@@ -571,25 +582,12 @@ static void *copy_thread(void *arg)
 	return NULL;
 }
 
-struct count_ctx {
-	int manual;
-};
-
-static int count_manual(const struct ds_snapshot_info *s, void *opaque)
-{
-	struct count_ctx *c = opaque;
-
-	c->manual += !s->automatic;
-	return 0;
-}
-
 int ds_snapshot_create(struct ds_engine *e, const char *disk_id,
 		       const struct ds_snapshot_params *p, char id_out[DS_ID_SIZE])
 {
 	struct disk_row *d = malloc(sizeof(*d));
 	struct ds_snapshot_info *s = calloc(1, sizeof(*s));
 	struct job *j = calloc(1, sizeof(*j));
-	struct count_ctx cnt = {0};
 	int r = 0;
 
 	if (!d || !s || !j) {
@@ -617,10 +615,10 @@ int ds_snapshot_create(struct ds_engine *e, const char *disk_id,
 	if (r == 0 && p->resource_group && *p->resource_group &&
 	    catalog_rg_get(e->cat, p->resource_group, NULL, 0, NULL) < 0)
 		r = -ENXIO;
-	if (r == 0)
-		r = catalog_snapshot_each(e->cat, disk_id, count_manual, &cnt);
-	if (r == 0 && !p->automatic && cnt.manual >= DS_MAX_MANUAL_SNAPSHOTS)
-		r = -EDQUOT;
+	if (r == 0 && !p->automatic) {
+		int manual = catalog_count_manual(e->cat, disk_id);
+		r = manual < 0 ? manual : manual >= DS_MAX_MANUAL_SNAPSHOTS ? -EDQUOT : 0;
+	}
 	if (r == 0 && disk_resolve(d) < 0)
 		r = -ENODEV;
 	/* The point in time: from here the copy reads what the disk was now. */
@@ -725,9 +723,10 @@ int ds_snapshot_wait(struct ds_engine *e, const char *id)
 	while ((j = job_for_snapshot(e, id)) && !j->finished)
 		pthread_cond_wait(&e->changed, &e->lock);
 	r = catalog_snapshot_get(e->cat, id, s);
-	pthread_mutex_unlock(&e->lock);
+	/* The copy's own error while its job is still known, else -EIO. */
 	if (r == 0 && strcmp(s->status, "accomplished") != 0)
-		r = -EIO;
+		r = j && j->err < 0 ? j->err : -EIO;
+	pthread_mutex_unlock(&e->lock);
 	free(s);
 	return r;
 }
