@@ -29,13 +29,6 @@
 
 static bool quiet, output_json;
 
-static const char *const known_actions[] = {
-	"CreateSnapshot", "DescribeSnapshots", "DeleteSnapshot", "ModifySnapshotAttribute",
-	"DescribeSnapshotsUsage", "ResetDisk", "CreateDisk", "RegisterDisk", "DescribeDisks",
-	"DeleteDisk", "CreateResourceGroup", "ListResourceGroups", "DeleteResourceGroup",
-	"ExportSnapshot", "VerifySnapshot", "CollectGarbage", NULL,
-};
-
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -335,6 +328,61 @@ static int run(struct client *c, struct params *p, bool wait)
 	return rc ? rc : wait_snapshot(c, id);
 }
 
+/* ---- completion ------------------------------------------------------------------ */
+
+/* CreateSnapshot -> create-snapshot. */
+static void kebab(const char *camel_name, char *out, size_t size)
+{
+	size_t k = 0;
+
+	for (const char *c = camel_name; *c && k + 2 < size; c++) {
+		if (*c >= 'A' && *c <= 'Z') {
+			if (c != camel_name)
+				out[k++] = '-';
+			out[k++] = (char)(*c - 'A' + 'a');
+		} else {
+			out[k++] = *c;
+		}
+	}
+	out[k] = '\0';
+}
+
+/*
+ * `dsnap __complete commands` lists the commands; `dsnap __complete flags
+ * CMD` the flags of one. The bash completion asks these, so it always
+ * matches the API the binary was built with.
+ */
+static int complete(int argc, char **argv)
+{
+	char name[128];
+
+	if (argc >= 2 && strcmp(argv[1], "commands") == 0) {
+		for (const char *const *a = ds_api_actions(); *a; a++) {
+			kebab(*a, name, sizeof(name));
+			printf("%s\n", name);
+		}
+		printf("call\ngc\nstore\n");
+		return 0;
+	}
+	if (argc >= 3 && strcmp(argv[1], "flags") == 0) {
+		const char *const *params;
+		bool tags = false;
+		camel(argv[2], name, sizeof(name));
+		params = ds_api_action_params(name, &tags);
+		for (size_t i = 0; params && params[i]; i++) {
+			char flag[128];
+			kebab(params[i], flag, sizeof(flag));
+			printf("--%s\n", flag);
+		}
+		if (tags)
+			printf("--tag\n");
+		if (strcmp(name, "CreateSnapshot") == 0)
+			printf("--wait\n");
+		return 0;
+	}
+	return EXIT_USAGE;
+}
+
 /* ---- main ---------------------------------------------------------------------------- */
 
 static bool socket_answers(const char *path)
@@ -384,10 +432,7 @@ static int build(int argc, char **argv, struct params *p, bool *wait)
 		snprintf(action, sizeof(action), "CollectGarbage");
 	else
 		camel(argv[0], action, sizeof(action));
-	bool found = false;
-	for (int i = 0; known_actions[i] && !found; i++)
-		found = strcmp(known_actions[i], action) == 0;
-	if (!found) {
+	if (!ds_api_action_params(action, NULL)) {
 		fprintf(stderr, "dsnap: unknown command '%s' (dsnap --help lists them; "
 				"'dsnap call' sends any action)\n", argv[0]);
 		return EXIT_USAGE;
@@ -479,6 +524,8 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return EXIT_USAGE;
 	}
+	if (strcmp(argv[optind], "__complete") == 0)
+		return complete(argc - optind, argv + optind);
 	ds_default_paths(def_socket, sizeof(def_socket), def_state, sizeof(def_state));
 	if (!state || !*state)
 		state = def_state;

@@ -12,6 +12,11 @@
  * file is only the listener, so a TCP listener for the cloud SDKs would
  * add only another way to identify the caller.
  *
+ * Under systemd, the listening socket may come from socket activation
+ * (LISTEN_FDS/LISTEN_PID, fd 3) and readiness is reported with READY=1 on
+ * $NOTIFY_SOCKET, both from the documented protocols (sd_listen_fds(3),
+ * sd_notify(3)) without libsystemd.
+ *
  * A maintenance thread releases snapshots whose retention has passed and
  * collects chunks after deletions. SIGTERM or SIGINT stops it cleanly:
  * no new requests, copies running are stopped and end `failed` (their
@@ -20,6 +25,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <getopt.h>
 #include <grp.h>
 #include <limits.h>
@@ -280,6 +286,55 @@ static int listen_socket(void)
 	return fd;
 }
 
+/* Socket activation: the first passed fd, when it is a listening Unix
+ * stream socket meant for this process. -1 when none was passed. */
+static int activated_socket(void)
+{
+	const char *pid = getenv("LISTEN_PID"), *fds = getenv("LISTEN_FDS");
+	int type = 0, listening = 0;
+	socklen_t len = sizeof(type);
+	struct sockaddr_un sa;
+	socklen_t salen = sizeof(sa);
+
+	if (!pid || !fds || strtol(pid, NULL, 10) != (long)getpid() || strtol(fds, NULL, 10) < 1)
+		return -1;
+	unsetenv("LISTEN_PID");
+	unsetenv("LISTEN_FDS");
+	unsetenv("LISTEN_FDNAMES");
+	if (getsockopt(3, SOL_SOCKET, SO_TYPE, &type, &len) < 0 || type != SOCK_STREAM ||
+	    getsockopt(3, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0 || !listening ||
+	    getsockname(3, (struct sockaddr *)&sa, &salen) < 0 || sa.sun_family != AF_UNIX) {
+		logf_("LISTEN_FDS given, but fd 3 is not a listening Unix stream socket");
+		return -1;
+	}
+	fcntl(3, F_SETFD, FD_CLOEXEC);
+	if (salen > offsetof(struct sockaddr_un, sun_path) && sa.sun_path[0])
+		snprintf(cfg.socket, sizeof(cfg.socket), "%s", sa.sun_path);
+	return 3;
+}
+
+/* sd_notify(3): one datagram to $NOTIFY_SOCKET ('@' = abstract name). */
+static void notify(const char *msg)
+{
+	const char *path = getenv("NOTIFY_SOCKET");
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	socklen_t len;
+	int fd;
+
+	if (!path || !*path || strlen(path) >= sizeof(sa.sun_path))
+		return;
+	memcpy(sa.sun_path, path, strlen(path));
+	if (sa.sun_path[0] == '@')
+		sa.sun_path[0] = '\0';
+	len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path));
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	if (sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sa, len) < 0)
+		logf_("cannot notify the service manager: %s", strerror(errno));
+	close(fd);
+}
+
 /* ---- requests ------------------------------------------------------------------------- */
 
 struct request {
@@ -505,6 +560,7 @@ int main(int argc, char **argv)
 	struct MHD_Daemon *d;
 	pthread_t maint;
 	sigset_t sigs;
+	bool activated;
 	int c, fd, sig, r;
 
 	while ((c = getopt_long(argc, argv, "s:S:c:hV", opts, NULL)) != -1) {
@@ -561,7 +617,10 @@ int main(int argc, char **argv)
 		ds_engine_close(engine);
 		return 1;
 	}
-	fd = listen_socket();
+	fd = activated_socket();
+	activated = fd >= 0;
+	if (fd < 0)
+		fd = listen_socket();
 	if (fd < 0) {
 		ds_api_free(api);
 		ds_engine_close(engine);
@@ -577,13 +636,16 @@ int main(int argc, char **argv)
 	if (!d) {
 		logf_("cannot start the HTTP server");
 		close(fd);
-		unlink(cfg.socket);
+		if (!activated)
+			unlink(cfg.socket);
 		ds_api_free(api);
 		ds_engine_close(engine);
 		return 1;
 	}
 	pthread_create(&maint, NULL, maintenance, NULL);
-	logf_("listening on %s (state %s, pid %d)", cfg.socket, cfg.state, (int)getpid());
+	logf_("listening on %s%s (state %s, pid %d)", cfg.socket,
+	      activated ? " (socket activation)" : "", cfg.state, (int)getpid());
+	notify("READY=1\nSTATUS=answering requests");
 
 	do {
 		if (sigwait(&sigs, &sig) != 0)
@@ -592,10 +654,13 @@ int main(int argc, char **argv)
 			logf_("SIGHUP: the policy file is reloaded when it changes; nothing to do");
 	} while (sig == SIGHUP);
 	logf_("stopping (%s): running copies end failed", strsignal(sig));
+	notify("STOPPING=1");
 	stopping = 1;
 	MHD_stop_daemon(d);
 	close(fd);
-	unlink(cfg.socket);
+	/* An activated socket belongs to the service manager, which keeps it. */
+	if (!activated)
+		unlink(cfg.socket);
 	pthread_join(maint, NULL);
 	ds_api_free(api);
 	ds_engine_close(engine);

@@ -10,6 +10,7 @@ PACKAGES=(
 	libjson-c-dev libmicrohttpd-dev           # API, dsnapd, dsnap
 	libcmocka-dev                             # unit tests
 	e2fsprogs xfsprogs util-linux sqlite3     # integration tests: mkfs, fsck, losetup, index queries
+	dpkg-dev debhelper pandoc man-db bash-completion   # packaging: .deb, man pages, completion
 	btrfs-progs                               # integration tests: reflinked images, read errors
 )
 

@@ -16,3 +16,9 @@ else
 	scripts/build.sh
 fi
 ctest --test-dir "$BUILD_DIR" --output-on-failure -j2 --timeout 900
+if [ "${1:-}" != --sanitize ]; then
+	echo "== package"
+	rc=0
+	tests/packaging/test_package.sh || rc=$?
+	[ "$rc" = 0 ] || [ "$rc" = 77 ] || exit "$rc"
+fi

@@ -989,3 +989,29 @@ const struct action *action_find(const char *name)
 			return &actions[i];
 	return NULL;
 }
+
+static const char *action_names[ARRAY_SIZE(actions) + 1];
+static pthread_once_t action_names_once = PTHREAD_ONCE_INIT;
+
+static void fill_action_names(void)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(actions); i++)
+		action_names[i] = actions[i].name;
+}
+
+const char *const *ds_api_actions(void)
+{
+	pthread_once(&action_names_once, fill_action_names);
+	return action_names;
+}
+
+const char *const *ds_api_action_params(const char *action, bool *tags)
+{
+	const struct action *a = action_find(action);
+
+	if (!a)
+		return NULL;
+	if (tags)
+		*tags = a->tags;
+	return a->params;
+}

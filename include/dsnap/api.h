@@ -87,6 +87,12 @@ DS_EXPORT void ds_api_params_free(struct ds_api_param *p, size_t n);
  * ds_engine_gc(). */
 DS_EXPORT bool ds_api_take_gc(struct ds_api *a);
 
+/* The actions this API answers, NULL-terminated (for help and completion). */
+DS_EXPORT const char *const *ds_api_actions(void);
+/* The parameters an action takes besides the common ones (NULL-terminated),
+ * and whether it takes Tag.N.Key/Value; NULL for an unknown action. */
+DS_EXPORT const char *const *ds_api_action_params(const char *action, bool *tags);
+
 /* The caller's clock in seconds (the options' clock, else time()). */
 DS_EXPORT int64_t ds_api_now(struct ds_api *a);
 
