@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The quick start: installs build dependencies, builds dsnap, makes a demo
-# disk image with a file system full of files, snapshots it into a store
-# under ./demo/, changes the image, restores the snapshot and shows that it
-# is the image as it was. Cleans up the demo files when done (the store
-# stays in ./demo/store so you can look at it; remove it with rm -rf demo).
+# The quick start: installs build dependencies, builds dsnap, starts dsnapd
+# on a state folder of its own, creates a demo disk with a file system full
+# of files, snapshots it, lists the snapshot, changes the disk, resets it
+# from the snapshot and shows it is bit for bit what it was. It stops the
+# daemon and removes everything it made when done (or interrupted).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { printf '\n== %s\n' "$*"; }
@@ -12,46 +12,67 @@ say "Installing build dependencies (if any are missing)"
 scripts/deps.sh
 say "Building dsnap"
 scripts/build.sh -DDSNAP_TESTS=OFF -DDSNAP_BENCH=OFF
-DSNAP=$PWD/build/cli/dsnap
+bin=$PWD/build
 
-export DSNAP_STORE=$PWD/demo/store
-work=$(mktemp -d /tmp/dsnap-demo.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-if [ ! -e "$DSNAP_STORE/store.db" ]; then
-	say "Creating a store in $DSNAP_STORE"
-	mkdir -p demo
-	"$DSNAP" store init
-fi
+demo=$(mktemp -d /tmp/dsnap-demo.XXXXXX)
+daemon=
+cleanup() {
+	if [ -n "$daemon" ] && kill -0 "$daemon" 2>/dev/null; then
+		kill "$daemon"
+		wait "$daemon" 2>/dev/null || true
+	fi
+	rm -rf "$demo"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+export DSNAP_SOCKET=$demo/dsnapd.sock
+dsnap() { "$bin/cli/dsnap" "$@"; }
 
-say "Making a 256 MiB demo disk image with an ext4 file system and real files"
-mkdir -p "$work/files"
-cp -r /usr/share/doc "$work/files/doc" 2>/dev/null || true
-truncate -s 256M "$work/disk.img"
-/sbin/mkfs.ext4 -q -F -d "$work/files" -L demo "$work/disk.img"
-sha_before=$(sha256sum <"$work/disk.img" | cut -d' ' -f1)
-echo "disk.img: $(du -h --apparent-size "$work/disk.img" | cut -f1) with $(find "$work/files" -type f | wc -l) files, sha256 ${sha_before:0:16}…"
+say "Starting dsnapd (state in $demo/state, socket $DSNAP_SOCKET)"
+"$bin/daemon/dsnapd" --state "$demo/state" --socket "$DSNAP_SOCKET" 2>"$demo/dsnapd.log" &
+daemon=$!
+for _ in $(seq 50); do
+	[ -S "$DSNAP_SOCKET" ] && break
+	sleep 0.1
+done
+[ -S "$DSNAP_SOCKET" ] || { cat "$demo/dsnapd.log"; exit 1; }
+echo "dsnapd is running as pid $daemon"
 
-say "Taking a snapshot"
-snap=$("$DSNAP" store snapshot "$work/disk.img")
-echo "snapshot id: $snap"
-"$DSNAP" store stats
+say "Creating a 1 GiB demo disk and putting an ext4 file system with real files on it"
+disk=$(dsnap create-disk --size 1 --disk-name demo)
+img=$(dsnap --output json describe-disks --disk-ids "$disk" | sed -n 's/.*"SourcePath":"\([^"]*\)".*/\1/p')
+mkdir -p "$demo/files"
+cp -r /usr/share/doc "$demo/files/doc" 2>/dev/null || true
+/sbin/mkfs.ext4 -q -F -d "$demo/files" -L demo "$img"
+before=$(sha256sum <"$img" | cut -d' ' -f1)
+echo "disk $disk is the image $img, $(find "$demo/files" -type f | wc -l) files, sha256 ${before:0:16}…"
 
-say "Changing the disk (overwriting its first 8 MiB with random bytes)"
-dd if=/dev/urandom of="$work/disk.img" bs=1M count=8 conv=notrunc status=none
-echo "disk.img sha256 is now $(sha256sum <"$work/disk.img" | cut -c1-16)…"
+say "Taking a snapshot (the request returns at once; --wait follows the copy)"
+snap=$(dsnap create-snapshot --disk-id "$disk" --snapshot-name first-look --tag purpose=demo --wait)
+echo "snapshot $snap"
 
-say "Restoring the snapshot into a new image"
-"$DSNAP" store restore "$snap" "$work/restored.img"
-sha_restored=$(sha256sum <"$work/restored.img" | cut -d' ' -f1)
-if [ "$sha_restored" = "$sha_before" ]; then
-	echo "restored.img is bit for bit the disk as it was when the snapshot was taken."
+say "Listing snapshots"
+dsnap describe-snapshots
+dsnap describe-snapshots-usage
+
+say "Changing the disk: overwriting its first 8 MiB with random bytes"
+dd if=/dev/urandom of="$img" bs=1M count=8 conv=notrunc status=none
+echo "its sha256 is now $(sha256sum <"$img" | cut -c1-16)…; the file system is broken"
+
+say "Resetting the disk from the snapshot"
+dsnap reset-disk --disk-id "$disk" --snapshot-id "$snap"
+after=$(sha256sum <"$img" | cut -d' ' -f1)
+if [ "$after" = "$before" ]; then
+	echo "the disk is bit for bit what it was when the snapshot was taken (sha256 ${after:0:16}…)"
 else
-	echo "restored.img differs from the snapshot: this is a bug" >&2
+	echo "the disk differs from the snapshot: this is a bug" >&2
 	exit 1
 fi
-/sbin/e2fsck -fn "$work/restored.img" >/dev/null 2>&1 && echo "its file system checks clean (e2fsck -n)."
+/sbin/e2fsck -fn "$img" >/dev/null 2>&1 && echo "and its file system checks clean (e2fsck -n)"
 
-say "Verifying every chunk in the store"
-"$DSNAP" store verify
-echo
-echo "Done. The store is in $DSNAP_STORE; 'build/cli/dsnap --help' lists the commands."
+say "Checking every chunk of the snapshot"
+dsnap verify-snapshot --snapshot-id "$snap"
+
+say "Done"
+echo "dsnapd is stopped and $demo removed. To keep a daemon, run build/daemon/dsnapd"
+echo "(man page: doc/man/dsnapd.8.md) and use build/cli/dsnap --help."
