@@ -38,6 +38,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <stdatomic.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -48,6 +49,7 @@
 #include <dsnap/store.h>
 
 #define MAX_BODY (64 * 1024)
+#define MIN_(a, b) ((a) < (b) ? (a) : (b))
 
 struct config {
 	char socket[108];
@@ -73,7 +75,7 @@ static struct config cfg = {
 
 static struct ds_engine *engine;
 static struct ds_api *api;
-static volatile sig_atomic_t stopping;
+static atomic_bool stopping;
 
 static void logf_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void logf_(const char *fmt, ...)
@@ -268,6 +270,8 @@ static int listen_socket(void)
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		logf_("cannot bind %s: %s", cfg.socket, strerror(errno));
+		if (fd >= 0)
+			close(fd);
 		return -1;
 	}
 	if (cfg.socket_group[0]) {
@@ -308,8 +312,14 @@ static int activated_socket(void)
 		return -1;
 	}
 	fcntl(3, F_SETFD, FD_CLOEXEC);
-	if (salen > offsetof(struct sockaddr_un, sun_path) && sa.sun_path[0])
-		snprintf(cfg.socket, sizeof(cfg.socket), "%s", sa.sun_path);
+	if (salen > offsetof(struct sockaddr_un, sun_path) && sa.sun_path[0]) {
+		size_t plen = strnlen(sa.sun_path, MIN_(sizeof(sa.sun_path),
+							salen - offsetof(struct sockaddr_un, sun_path)));
+		if (plen < sizeof(cfg.socket)) {
+			memcpy(cfg.socket, sa.sun_path, plen);
+			cfg.socket[plen] = '\0';
+		}
+	}
 	return 3;
 }
 
@@ -349,8 +359,10 @@ static void *uri_logger(void *cls, const char *uri, struct MHD_Connection *c)
 {
 	struct request *rq = calloc(1, sizeof(*rq));
 
-	if (rq)
-		rq->uri = strdup(uri ? uri : "/");
+	if (rq && !(rq->uri = strdup(uri ? uri : "/"))) {
+		free(rq);
+		rq = NULL; /* the handler answers MHD_NO: the connection is closed */
+	}
 	return rq;
 }
 
@@ -414,8 +426,8 @@ static int add_form(const char *text, size_t len, struct ds_api_param **all, siz
 	struct ds_api_param *p = NULL, *v;
 	int k = ds_api_parse_form(text, len, &p);
 
-	if (k < 0)
-		return k;
+	if (k <= 0)
+		return k; /* an empty form adds nothing */
 	if (*n + (size_t)k > DS_API_MAX_PARAMS) {
 		ds_api_params_free(p, (size_t)k);
 		return -E2BIG;
@@ -510,12 +522,12 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 
 static void *maintenance(void *arg)
 {
-	while (!stopping) {
+	while (!atomic_load(&stopping)) {
 		int released = 0, r;
 
-		for (int i = 0; i < cfg.maintenance_interval * 10 && !stopping; i++)
+		for (int i = 0; i < cfg.maintenance_interval * 10 && !atomic_load(&stopping); i++)
 			usleep(100000);
-		if (stopping)
+		if (atomic_load(&stopping))
 			break;
 		r = ds_engine_expire(engine, ds_api_now(api), &released);
 		if (r < 0)
@@ -642,7 +654,15 @@ int main(int argc, char **argv)
 		ds_engine_close(engine);
 		return 1;
 	}
-	pthread_create(&maint, NULL, maintenance, NULL);
+	if (pthread_create(&maint, NULL, maintenance, NULL) != 0) {
+		logf_("cannot start the maintenance thread");
+		MHD_stop_daemon(d);
+		if (!activated)
+			unlink(cfg.socket);
+		ds_api_free(api);
+		ds_engine_close(engine);
+		return 1;
+	}
 	logf_("listening on %s%s (state %s, pid %d)", cfg.socket,
 	      activated ? " (socket activation)" : "", cfg.state, (int)getpid());
 	notify("READY=1\nSTATUS=answering requests");
@@ -655,9 +675,10 @@ int main(int argc, char **argv)
 	} while (sig == SIGHUP);
 	logf_("stopping (%s): running copies end failed", strsignal(sig));
 	notify("STOPPING=1");
-	stopping = 1;
-	MHD_stop_daemon(d);
-	close(fd);
+	atomic_store(&stopping, true);
+	/* First stop the copies, so neither a request nor GC waits for one. */
+	ds_engine_cancel_copies(engine);
+	MHD_stop_daemon(d); /* closes the listening socket too */
 	/* An activated socket belongs to the service manager, which keeps it. */
 	if (!activated)
 		unlink(cfg.socket);

@@ -12,8 +12,9 @@
  * request with it gets IdempotentProcessing; once answered, a repeat with
  * the same fingerprint gets the same result id and changes nothing, a
  * repeat with another gets IdempotentParameterMismatch. The in-flight
- * check and the catalog lookup happen under one lock, so concurrent
- * requests with one token create at most one resource.
+ * check and the catalog lookup happen under one lock (token_lock, taken
+ * before the engine's own), so concurrent requests with one token create
+ * at most one resource.
  */
 #include <stdio.h>
 #include <string.h>
@@ -98,27 +99,27 @@ static int token_begin(struct req *q, struct token_ctx *t, char result[64])
 		return 0;
 	if (fingerprint(q, t->fp) < 0)
 		return api_error(q, "InternalError");
-	pthread_mutex_lock(&a->lock);
+	pthread_mutex_lock(&a->token_lock);
 	for (struct inflight *i = a->inflight; i; i = i->next) {
 		if (i->uid == q->caller->uid && strcmp(i->token, t->token) == 0) {
-			pthread_mutex_unlock(&a->lock);
+			pthread_mutex_unlock(&a->token_lock);
 			return api_error(q, "IdempotentProcessing");
 		}
 	}
 	r = ds_token_get(a->e, q->caller->uid, t->token, act, fp, result);
 	if (r == 0) {
-		pthread_mutex_unlock(&a->lock);
+		pthread_mutex_unlock(&a->token_lock);
 		if (strcmp(act, q->action) != 0 || strcmp(fp, t->fp) != 0)
 			return api_error(q, "IdempotentParameterMismatch");
 		return 1;
 	}
 	if (r != -ENOENT) {
-		pthread_mutex_unlock(&a->lock);
+		pthread_mutex_unlock(&a->token_lock);
 		return api_engine_error(q, r, NULL);
 	}
 	struct inflight *i = calloc(1, sizeof(*i));
 	if (!i) {
-		pthread_mutex_unlock(&a->lock);
+		pthread_mutex_unlock(&a->token_lock);
 		return api_error(q, "InternalError");
 	}
 	i->uid = q->caller->uid;
@@ -126,7 +127,7 @@ static int token_begin(struct req *q, struct token_ctx *t, char result[64])
 	i->next = a->inflight;
 	a->inflight = i;
 	t->held = true;
-	pthread_mutex_unlock(&a->lock);
+	pthread_mutex_unlock(&a->token_lock);
 	return 0;
 }
 
@@ -137,7 +138,7 @@ static void token_end(struct req *q, struct token_ctx *t, const char *result)
 
 	if (!t->held)
 		return;
-	pthread_mutex_lock(&a->lock);
+	pthread_mutex_lock(&a->token_lock);
 	if (result && ds_token_put(a->e, q->caller->uid, t->token, q->action, t->fp, result) < 0)
 		log_error("api: cannot record ClientToken of %s", result);
 	for (struct inflight **pi = &a->inflight; *pi; pi = &(*pi)->next) {
@@ -148,7 +149,7 @@ static void token_end(struct req *q, struct token_ctx *t, const char *result)
 			break;
 		}
 	}
-	pthread_mutex_unlock(&a->lock);
+	pthread_mutex_unlock(&a->token_lock);
 	t->held = false;
 }
 
@@ -201,7 +202,7 @@ static int parse_tags(struct req *q, struct ds_tag *tags, bool *has_value, int *
 			return api_error(q, "InvalidParameter", k);
 		memcpy(num, k + 4, len);
 		num[len] = '\0';
-		if (!parse_int(num, 1, 1000000, &n))
+		if (num[0] == '0' || !parse_int(num, 1, 1000000, &n))
 			return api_error(q, "InvalidParameter", k);
 		if (n > DS_MAX_TAGS)
 			return api_error(q, "QuotaExceed.Tags",
@@ -354,6 +355,9 @@ static json_object *snapshot_json(const struct ds_snapshot_info *s)
 	if (s->ia_retention_days > 0)
 		add_int(o, "InstantAccessRetentionDays", s->ia_retention_days);
 	add_str(o, "ResourceGroupId", s->resource_group);
+	/* Not in the cloud API: why a failed snapshot failed. */
+	if (s->error[0] && strcmp(s->status, "failed") == 0)
+		add_str(o, "FailedReason", s->error);
 	tags = json_object_new_object();
 	arr = json_object_new_array();
 	for (int i = 0; tags && arr && i < s->ntags; i++) {
@@ -521,7 +525,16 @@ static int snapshot_for(struct req *q, struct ds_snapshot_info *s, const char **
 		return api_error(q, "InvalidSnapshotId.NotFound");
 	if (r < 0)
 		return api_engine_error(q, r, NULL);
-	return api_authorize(q, s->disk_id);
+	if (api_authorize(q, s->disk_id) < 0)
+		return -1;
+	/* An administrator lock refuses every operation on the disk's snapshots too. */
+	struct ds_disk_info *d = malloc(sizeof(*d));
+	if (!d)
+		return api_error(q, "InternalError");
+	r = ds_disk_get(q->a->e, s->disk_id, d);
+	r = r == 0 && d->locked ? api_error(q, "InstanceLockedForSecurity") : 0;
+	free(d);
+	return r;
 }
 
 static int delete_snapshot(struct req *q)
@@ -619,6 +632,9 @@ static int reset_disk(struct req *q)
 	if (r == -ENOENT) {
 		r = api_error(q, "InvalidDiskId.NotFound");
 		goto out;
+	} else if (r < 0) {
+		r = api_engine_error(q, r, disk_id);
+		goto out;
 	}
 	r = ds_snapshot_get(q->a->e, snap_id, s);
 	if (r == -ENOENT) {
@@ -627,6 +643,12 @@ static int reset_disk(struct req *q)
 	}
 	if (r == 0 && strcmp(s->status, "accomplished") != 0) {
 		r = api_error(q, "IncorrectSnapshotStatus");
+		goto out;
+	}
+	/* A snapshot of another disk reveals that disk: the caller must be
+	 * allowed to act on it too. */
+	if (r == 0 && strcmp(s->disk_id, disk_id) != 0 && api_authorize(q, s->disk_id) < 0) {
+		r = -1;
 		goto out;
 	}
 	if (r == 0)
@@ -697,7 +719,8 @@ static int register_disk(struct req *q)
 		return api_error(q, "InvalidPath.Malformed");
 	if (name && !valid_name(name))
 		return api_error(q, "InvalidDiskName.Malformed");
-	if (api_authorize(q, NULL) < 0)
+	/* Registering opens any path as dsnapd's user: root's own call. */
+	if (api_root(q) < 0)
 		return -1;
 	r = ds_disk_register(q->a->e, path, name, id);
 	if (r == -ENOENT || r == -ENOTDIR)
@@ -881,9 +904,11 @@ static int export_snapshot(struct req *q)
 
 	if (!s)
 		return api_error(q, "InternalError");
-	if (need(q, "Path", &path) == 0 && path[0] != '/')
+	if (need(q, "Path", &path) < 0)
+		;
+	else if (path[0] != '/')
 		api_error(q, "InvalidPath.Malformed");
-	else if (path && snapshot_for(q, s, &id) == 0 && api_authorize(q, NULL) == 0)
+	else if (snapshot_for(q, s, &id) == 0 && api_root(q) == 0)
 		r = 0;
 	free(s);
 	if (r < 0)

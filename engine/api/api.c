@@ -162,6 +162,10 @@ int ds_api_new(struct ds_engine *e, const struct ds_api_options *o, struct ds_ap
 	a->throttle_root = o && o->throttle_root;
 	a->throttle = throttle_new(rate, burst);
 	pthread_mutex_init(&a->lock, NULL);
+	pthread_mutex_init(&a->token_lock, NULL);
+	/* A dsnapd (or dsnap --local) run by a user serves that user's own
+	 * state folder: that user may do what root may. */
+	a->owner_uid = (uint32_t)geteuid();
 	if (!a->throttle) {
 		ds_api_free(a);
 		return -ENOMEM;
@@ -197,6 +201,7 @@ void ds_api_free(struct ds_api *a)
 		free(i);
 	}
 	pthread_mutex_destroy(&a->lock);
+	pthread_mutex_destroy(&a->token_lock);
 	free(a);
 }
 
@@ -254,13 +259,20 @@ bool api_may(struct req *q, const char *disk_id)
 {
 	bool ok;
 
-	if (q->caller->uid == 0)
+	if (q->caller->uid == 0 || q->caller->uid == q->a->owner_uid)
 		return true;
 	pthread_mutex_lock(&q->a->lock);
 	policy_refresh(q->a);
 	ok = policy_allows(q->a->policy, q->caller, q->action, disk_id);
 	pthread_mutex_unlock(&q->a->lock);
 	return ok;
+}
+
+int api_root(struct req *q)
+{
+	return q->caller->uid == 0 || q->caller->uid == q->a->owner_uid
+		       ? 0
+		       : api_error(q, "InvalidAction.Unauthorized");
 }
 
 int api_authorize(struct req *q, const char *disk_id)

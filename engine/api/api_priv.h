@@ -47,7 +47,9 @@ struct ds_api {
 	bool throttle_root;
 	int64_t (*clock)(void *opaque);
 	void *clock_opaque;
-	pthread_mutex_t lock;    /* policy, in-flight tokens */
+	pthread_mutex_t lock;       /* the policy; never held while calling the engine */
+	pthread_mutex_t token_lock; /* in-flight tokens; taken before the engine's lock */
+	uint32_t owner_uid;         /* the process's own user: allowed like root */
 	struct inflight *inflight;
 	atomic_bool gc_wanted;   /* a snapshot was released since the last GC */
 };
@@ -80,6 +82,9 @@ const char *api_param(const struct req *q, const char *key);
  * returns 0 or the error already set. */
 int api_authorize(struct req *q, const char *disk_id);
 bool api_may(struct req *q, const char *disk_id);
+/* Only root (or the process's own user) may: actions that open or write
+ * paths as dsnapd's user. */
+int api_root(struct req *q);
 
 /* ---- validation (validate.c) ---- */
 

@@ -140,6 +140,13 @@ int policy_load(const char *path, struct policy **out)
 		int k;
 
 		lineno++;
+		/* A line longer than the buffer would be read as two: refused
+		 * whole, so a long line can never become a rule of its own. */
+		if (!strchr(line, '\n') && !feof(f)) {
+			log_error("policy %s:%d: line too long", path, lineno);
+			r = -EINVAL;
+			break;
+		}
 		if (hash)
 			*hash = '\0';
 		k = sscanf(line, "%511s %2047s %2047s %1s", who, actions, disks, extra);

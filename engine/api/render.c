@@ -220,6 +220,7 @@ static void finish(struct ds_api_response *resp, json_object *root, const char *
 		xml_element(&b, xml_root, root);
 		if (b.oom) {
 			free(b.p);
+			json_object_put(root);
 			goto oom;
 		}
 		resp->body = b.p;

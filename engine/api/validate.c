@@ -72,15 +72,20 @@ bool utf8_valid(const char *s, size_t len, size_t *chars)
 
 /* Unicode letters (Chinese characters included) through glibc's C.UTF-8
  * classification, which covers all of Unicode. */
+static locale_t utf8_locale;
+static pthread_once_t utf8_once = PTHREAD_ONCE_INIT;
+
+static void utf8_locale_init(void)
+{
+	utf8_locale = newlocale(LC_CTYPE_MASK, "C.UTF-8", (locale_t)0);
+}
+
 static bool is_letter(uint32_t cp)
 {
-	static locale_t utf8;
-
 	if (cp < 0x80)
 		return isalpha((int)cp);
-	if (!utf8)
-		utf8 = newlocale(LC_CTYPE_MASK, "C.UTF-8", (locale_t)0);
-	return utf8 && iswalpha_l((wint_t)cp, utf8);
+	pthread_once(&utf8_once, utf8_locale_init);
+	return utf8_locale && iswalpha_l((wint_t)cp, utf8_locale);
 }
 
 static bool starts_with(const char *s, const char *prefix)

@@ -210,8 +210,11 @@ int catalog_disk_find_key(struct catalog *c, const struct disk_key *k, char id[D
 	sqlite3_stmt *st;
 	int r, rc;
 
+	/* Files and loop devices: dev and ino, and the backing file's birth
+	 * time (key_id) when both sides know it. Other block devices: key_id. */
 	r = index_prepare(c->db, "SELECT id FROM disks WHERE (key_ino != 0 AND key_dev = ?1 AND "
-				 "key_ino = ?2) OR (key_id != '' AND key_id = ?3)", &st);
+				 "key_ino = ?2 AND (key_id = '' OR ?3 = '' OR key_id = ?3)) OR "
+				 "(key_ino = 0 AND key_id != '' AND key_id = ?3)", &st);
 	if (r < 0)
 		return r;
 	sqlite3_bind_int64(st, 1, (int64_t)k->dev);

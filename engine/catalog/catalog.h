@@ -28,7 +28,8 @@ void catalog_rollback(struct catalog *c);
 /* Stable identity of a disk, to find it again after renumbering. */
 struct disk_key {
 	uint64_t dev, ino; /* backing file (files, loop devices); 0 when none */
-	char id[320];      /* block devices: by-id name or fs UUID; "" when none */
+	char id[320];      /* block devices: by-id name or fs UUID; files and loop
+			    * devices: the backing file's "btime:S.NS"; "" when none */
 };
 
 struct disk_row {

@@ -79,6 +79,50 @@ static int loop_backing(const char *path, uint64_t *dev, uint64_t *ino, char *fi
 	return 0;
 }
 
+/*
+ * A file's birth time, "btime:SECONDS.NANOSECONDS" ("" when the file system
+ * keeps none). A file made after a registered one was removed may get its
+ * inode number, never its birth time: with dev and ino it names the file.
+ */
+static void file_birth(int dirfd, const char *path, int flags, char *out, size_t size)
+{
+	struct statx stx;
+
+	out[0] = '\0';
+	if (statx(dirfd, path, flags, STATX_BTIME, &stx) == 0 && (stx.stx_mask & STATX_BTIME))
+		snprintf(out, size, "btime:%lld.%09u", (long long)stx.stx_btime.tv_sec,
+			 stx.stx_btime.tv_nsec);
+}
+
+/* The birth time of a loop device's backing file (sysfs has its path);
+ * "" when it cannot be told (no such file there any more). */
+static void loop_birth(const char *devpath, uint64_t dev, uint64_t ino, char *out, size_t size)
+{
+	const char *name = strrchr(devpath, '/');
+	char sys[PATH_MAX], file[PATH_MAX];
+	struct stat st;
+	FILE *f;
+
+	out[0] = '\0';
+	snprintf(sys, sizeof(sys), "/sys/block/%s/loop/backing_file", name ? name + 1 : devpath);
+	f = fopen(sys, "re");
+	if (!f)
+		return;
+	if (fgets(file, sizeof(file), f)) {
+		file[strcspn(file, "\n")] = '\0';
+		if (stat(file, &st) == 0 && (uint64_t)st.st_dev == dev && st.st_ino == ino)
+			file_birth(AT_FDCWD, file, 0, out, size);
+	}
+	fclose(f);
+}
+
+/* Whether a recorded birth time and the one found now name the same file;
+ * when either is unknown, dev and ino alone decide (as before). */
+static bool same_birth(const char *recorded, const char *now)
+{
+	return !recorded[0] || !now[0] || strcmp(recorded, now) == 0;
+}
+
 static void probe_fs(const char *path, struct ds_disk_info *i)
 {
 	blkid_probe pr = blkid_new_probe_from_filename(path);
@@ -144,6 +188,7 @@ int disk_probe(const char *path, struct disk_row *d)
 		i->size = (uint64_t)st.st_size;
 		d->key.dev = st.st_dev;
 		d->key.ino = st.st_ino;
+		file_birth(AT_FDCWD, real, 0, d->key.id, sizeof(d->key.id));
 	} else if (S_ISBLK(st.st_mode)) {
 		r = blk_size(real, &i->size);
 		if (r < 0)
@@ -153,6 +198,7 @@ int disk_probe(const char *path, struct disk_row *d)
 			r = loop_backing(real, &d->key.dev, &d->key.ino, NULL, 0);
 			if (r < 0)
 				return r == -ENXIO ? -ENODEV : r; /* a loop device with no file */
+			loop_birth(real, d->key.dev, d->key.ino, d->key.id, sizeof(d->key.id));
 		} else {
 			i->kind = DS_DISK_BLOCK;
 		}
@@ -174,8 +220,12 @@ int disk_probe(const char *path, struct disk_row *d)
 static bool loop_matches(const char *path, const struct disk_key *k)
 {
 	uint64_t dev = 0, ino = 0;
+	char birth[64];
 
-	return loop_backing(path, &dev, &ino, NULL, 0) == 0 && dev == k->dev && ino == k->ino;
+	if (loop_backing(path, &dev, &ino, NULL, 0) < 0 || dev != k->dev || ino != k->ino)
+		return false;
+	loop_birth(path, dev, ino, birth, sizeof(birth));
+	return same_birth(k->id, birth);
 }
 
 static int find_loop(const struct disk_key *k, char *out, size_t size)
@@ -224,6 +274,7 @@ static int find_block(const struct disk_key *k, char *out, size_t size)
 int disk_resolve(struct disk_row *d)
 {
 	struct ds_disk_info *i = &d->info;
+	char birth[64];
 	struct stat st;
 	int r;
 
@@ -231,6 +282,9 @@ int disk_resolve(struct disk_row *d)
 	case DS_DISK_FILE:
 		if (stat(i->path, &st) < 0 || !S_ISREG(st.st_mode) || st.st_dev != d->key.dev ||
 		    st.st_ino != d->key.ino)
+			return -ENODEV;
+		file_birth(AT_FDCWD, i->path, 0, birth, sizeof(birth));
+		if (!same_birth(d->key.id, birth))
 			return -ENODEV;
 		i->size = (uint64_t)st.st_size;
 		return 0;
@@ -296,6 +350,7 @@ static int clone_file(int src, const char *path)
 int disk_pit_take(const struct disk_row *d, struct disk_pit *pit)
 {
 	const struct ds_disk_info *i = &d->info;
+	char birth[64];
 	struct stat st;
 	int src, r;
 
@@ -313,7 +368,9 @@ int disk_pit_take(const struct disk_row *d, struct disk_pit *pit)
 	src = open(i->path, O_RDONLY | O_CLOEXEC);
 	if (src < 0)
 		return errno == ENOENT ? -ENODEV : -errno;
-	if (fstat(src, &st) < 0 || st.st_dev != d->key.dev || st.st_ino != d->key.ino) {
+	file_birth(src, "", AT_EMPTY_PATH, birth, sizeof(birth));
+	if (fstat(src, &st) < 0 || st.st_dev != d->key.dev || st.st_ino != d->key.ino ||
+	    !same_birth(d->key.id, birth)) {
 		close(src);
 		return -ENODEV;
 	}
@@ -361,6 +418,7 @@ void disk_pit_release(struct disk_pit *pit)
 int disk_open_for_restore(const struct disk_row *d, int *fd_out)
 {
 	const struct ds_disk_info *i = &d->info;
+	char birth[64];
 	struct stat st;
 	int fd, r;
 
@@ -374,7 +432,9 @@ int disk_open_for_restore(const struct disk_row *d, int *fd_out)
 	fd = open(i->path, O_RDWR | O_CLOEXEC);
 	if (fd < 0)
 		return errno == ENOENT ? -ENODEV : -errno;
-	if (fstat(fd, &st) < 0 || st.st_dev != d->key.dev || st.st_ino != d->key.ino) {
+	file_birth(fd, "", AT_EMPTY_PATH, birth, sizeof(birth));
+	if (fstat(fd, &st) < 0 || st.st_dev != d->key.dev || st.st_ino != d->key.ino ||
+	    !same_birth(d->key.id, birth)) {
 		close(fd);
 		return -ENODEV;
 	}

@@ -74,6 +74,7 @@ struct ds_engine {
 	pthread_rwlock_t gc_lock;
 	struct job *jobs;
 	int max_copies; /* per disk */
+	bool stopping;  /* no new copies */
 };
 
 static int64_t now_s(void)
@@ -160,6 +161,15 @@ int ds_engine_open(const char *state_dir, const struct ds_engine_options *opt,
 	}
 	*out = e;
 	return 0;
+}
+
+void ds_engine_cancel_copies(struct ds_engine *e)
+{
+	pthread_mutex_lock(&e->lock);
+	e->stopping = true;
+	for (struct job *j = e->jobs; j; j = j->next)
+		atomic_store(&j->cancel, true);
+	pthread_mutex_unlock(&e->lock);
 }
 
 void ds_engine_close(struct ds_engine *e)
@@ -289,7 +299,7 @@ int ds_disk_create(struct ds_engine *e, uint64_t size, const char *name, char id
 	struct disk_row *d;
 	int fd, r;
 
-	if (size == 0 || size > (uint64_t)INT64_MAX)
+	if (size == 0 || size > (uint64_t)INT64_MAX || (name && strlen(name) >= DS_NAME_MAX))
 		return -EINVAL;
 	r = disk_new_id("d-", id);
 	if (r < 0)
@@ -340,6 +350,8 @@ int ds_disk_create_from_snapshot(struct ds_engine *e, const char *snapshot_id, c
 	struct disk_row *d = NULL;
 	int fd, r;
 
+	if (name && strlen(name) >= DS_NAME_MAX)
+		return -EINVAL;
 	r = snapshot_root(e, snapshot_id, &s);
 	if (r == 0)
 		r = disk_new_id("d-", id);
@@ -378,23 +390,36 @@ int ds_disk_create_from_snapshot(struct ds_engine *e, const char *snapshot_id, c
 	return r;
 }
 
-/* Loads a disk row and re-finds the disk on the host. Caller holds lock.
- * Returns 0 (row->info.present says whether it was found) or -errno. */
+/* Loads a disk row (under the lock), re-finds the disk on the host (outside
+ * it: a loop scan or a blkid probe may take a while) and records a new
+ * path or size. Returns 0 (row->info.present says whether it was found). */
 static int disk_load(struct ds_engine *e, const char *id, struct disk_row *d)
 {
 	char old_path[DS_PATH_MAX];
 	uint64_t old_size;
-	int r = catalog_disk_get(e->cat, id, d);
+	int r;
 
+	pthread_mutex_lock(&e->lock);
+	r = catalog_disk_get(e->cat, id, d);
+	pthread_mutex_unlock(&e->lock);
 	if (r < 0)
 		return r;
 	snprintf(old_path, sizeof(old_path), "%s", d->info.path);
 	old_size = d->info.size;
 	d->info.present = disk_resolve(d) == 0;
 	if (d->info.present && (strcmp(old_path, d->info.path) != 0 || old_size != d->info.size)) {
+		struct disk_row *cur = malloc(sizeof(*cur));
 		if (strcmp(old_path, d->info.path) != 0)
 			log_info("engine: disk %s is now %s (was %s)", id, d->info.path, old_path);
-		catalog_disk_update(e->cat, d);
+		pthread_mutex_lock(&e->lock);
+		/* Only the location changes: status and flags stay as they are now. */
+		if (cur && catalog_disk_get(e->cat, id, cur) == 0) {
+			snprintf(cur->info.path, sizeof(cur->info.path), "%s", d->info.path);
+			cur->info.size = d->info.size;
+			catalog_disk_update(e->cat, cur);
+		}
+		pthread_mutex_unlock(&e->lock);
+		free(cur);
 	}
 	return 0;
 }
@@ -406,9 +431,7 @@ int ds_disk_get(struct ds_engine *e, const char *id, struct ds_disk_info *info)
 
 	if (!d)
 		return -ENOMEM;
-	pthread_mutex_lock(&e->lock);
 	r = disk_load(e, id, d);
-	pthread_mutex_unlock(&e->lock);
 	if (r == 0)
 		*info = d->info;
 	free(d);
@@ -554,6 +577,9 @@ static void *copy_thread(void *arg)
 	j->cj.m = NULL;
 
 	pthread_mutex_lock(&e->lock);
+	if (!s)
+		log_error("engine: no memory to record the end of snapshot %s; it is failed at "
+			  "the next start", j->snap_id);
 	if (s && catalog_snapshot_get(e->cat, j->snap_id, s) == 0) {
 		s->modified = now_s();
 		s->bytes_read = atomic_load(&j->cj.bytes_read);
@@ -603,9 +629,11 @@ int ds_snapshot_create(struct ds_engine *e, const char *disk_id,
 		goto out_free;
 	}
 	j->pit.fd = -1;
+	/* Checks under the lock; the slow part (finding the disk, cloning or
+	 * leasing it) outside it; then the checks again before recording. */
 	pthread_mutex_lock(&e->lock);
 	reap_jobs(e);
-	r = catalog_disk_get(e->cat, disk_id, d);
+	r = e->stopping ? -ECANCELED : catalog_disk_get(e->cat, disk_id, d);
 	if (r == 0 && d->info.locked)
 		r = -ENOLCK;
 	if (r == 0 && strcmp(d->info.status, "Available") != 0)
@@ -619,11 +647,15 @@ int ds_snapshot_create(struct ds_engine *e, const char *disk_id,
 		int manual = catalog_count_manual(e->cat, disk_id);
 		r = manual < 0 ? manual : manual >= DS_MAX_MANUAL_SNAPSHOTS ? -EDQUOT : 0;
 	}
+	pthread_mutex_unlock(&e->lock);
 	if (r == 0 && disk_resolve(d) < 0)
 		r = -ENODEV;
 	/* The point in time: from here the copy reads what the disk was now. */
 	if (r == 0)
 		r = disk_pit_take(d, &j->pit);
+	pthread_mutex_lock(&e->lock);
+	if (r == 0 && (e->stopping || jobs_for_disk(e, disk_id) >= e->max_copies))
+		r = e->stopping ? -ECANCELED : e->max_copies > 1 ? -EUSERS : -EALREADY;
 	if (r == 0)
 		r = disk_new_id("s-", s->id);
 	if (r == 0) {
@@ -733,27 +765,41 @@ int ds_snapshot_wait(struct ds_engine *e, const char *id)
 
 struct snap_list_ctx {
 	struct ds_engine *e;
-	ds_snapshot_fn fn;
-	void *opaque;
+	struct ds_snapshot_info *v;
+	size_t n, cap;
 };
 
 static int snap_list_one(const struct ds_snapshot_info *s, void *opaque)
 {
 	struct snap_list_ctx *c = opaque;
-	struct ds_snapshot_info copy = *s;
 
-	snapshot_live(c->e, &copy);
-	return c->fn(&copy, c->opaque);
+	if (c->n == c->cap) {
+		size_t cap = c->cap ? c->cap * 2 : 16;
+		struct ds_snapshot_info *v = realloc(c->v, cap * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		c->v = v;
+		c->cap = cap;
+	}
+	c->v[c->n] = *s;
+	snapshot_live(c->e, &c->v[c->n]);
+	c->n++;
+	return 0;
 }
 
 int ds_snapshot_list(struct ds_engine *e, const char *disk_id, ds_snapshot_fn fn, void *opaque)
 {
-	struct snap_list_ctx c = {e, fn, opaque};
+	struct snap_list_ctx c = {e, NULL, 0, 0};
 	int r;
 
+	/* Copied out under the lock, handed out without it: a callback may
+	 * call the engine (or take its own locks) freely. */
 	pthread_mutex_lock(&e->lock);
 	r = catalog_snapshot_each(e->cat, disk_id, snap_list_one, &c);
 	pthread_mutex_unlock(&e->lock);
+	for (size_t i = 0; r == 0 && i < c.n; i++)
+		r = fn(&c.v[i], opaque);
+	free(c.v);
 	return r;
 }
 
@@ -815,7 +861,11 @@ int64_t ds_snapshot_verify(struct ds_engine *e, const char *id)
 			batch[n].data = buf + n * (size_t)cs;
 			n++;
 		}
-		ds_store_get(e->store, batch, n);
+		int g = ds_store_get(e->store, batch, n);
+		if (g == -ENOMEM || g == -EINVAL) {
+			r = g; /* the batch was not read at all */
+			break;
+		}
 		for (size_t i = 0; i < n; i++)
 			bad += batch[i].err < 0;
 	}
@@ -873,6 +923,8 @@ int ds_disk_reset(struct ds_engine *e, const char *disk_id, const char *snapshot
 	if (!d)
 		return -ENOMEM;
 	r = snapshot_root(e, snapshot_id, &s);
+	/* Reserve the disk (ReIniting) under the lock; find and open it
+	 * outside, where a lease or a device scan may take a while. */
 	pthread_mutex_lock(&e->lock);
 	if (r == 0)
 		r = catalog_disk_get(e->cat, disk_id, d);
@@ -882,10 +934,6 @@ int ds_disk_reset(struct ds_engine *e, const char *disk_id, const char *snapshot
 		r = -EALREADY;
 	if (r == 0 && strcmp(d->info.status, "Available") != 0)
 		r = -EBUSY;
-	if (r == 0 && disk_resolve(d) < 0)
-		r = -ENODEV;
-	if (r == 0)
-		r = disk_open_for_restore(d, &fd);
 	if (r == 0) {
 		snprintf(d->info.status, sizeof(d->info.status), "ReIniting");
 		r = catalog_disk_update(e->cat, d);
@@ -893,6 +941,14 @@ int ds_disk_reset(struct ds_engine *e, const char *disk_id, const char *snapshot
 	pthread_mutex_unlock(&e->lock);
 	if (r < 0)
 		goto out;
+	if (disk_resolve(d) < 0)
+		r = -ENODEV;
+	if (r == 0)
+		r = disk_open_for_restore(d, &fd);
+	if (r < 0) {
+		set_disk_status(e, disk_id, "Available");
+		goto out;
+	}
 
 	pthread_rwlock_rdlock(&e->gc_lock);
 	r = ds_manifest_load(e->store, &s.manifest, &cj.m);
@@ -1080,7 +1136,7 @@ int ds_rg_create(struct ds_engine *e, const char *name, char id_out[DS_ID_SIZE +
 	char id[DS_ID_SIZE + 8];
 	int r;
 
-	if (!name || !*name || strlen(name) > 128)
+	if (!name || !*name || strlen(name) >= DS_NAME_MAX)
 		return -EINVAL;
 	r = disk_new_id("rg-", id);
 	if (r < 0)

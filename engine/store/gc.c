@@ -24,8 +24,10 @@
  * reports it, rather than being dropped by a copy.
  * A pack with no live record left is removed by steps 2 and 3 alone.
  */
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "store/store_priv.h"
 #include "util/util.h"
@@ -255,6 +257,54 @@ undo:
 	return r;
 }
 
+/*
+ * Without room for a copy of a pack's live records (the store's file system
+ * is full), its dead records are freed in place instead: after the sweep's
+ * commit no row points at them, and a pack is read only through rows (open
+ * cuts the bytes past packs.committed, it does not parse the rest), so a
+ * hole there is never seen. The pack stays a candidate for a real rewrite
+ * at a later GC. *freed: bytes the file system gave back.
+ */
+static int gc_punch_pack(struct ds_store *s, uint32_t pack, uint64_t committed, uint64_t *freed)
+{
+	_cleanup_free_ struct gc_move *mv = NULL;
+	char name[PACK_NAME_MAX];
+	struct stat before, after;
+	uint64_t at = PACK_HEADER_SIZE, blk;
+	size_t n = 0;
+	int fd, r;
+
+	r = gc_list_moves(s, pack, &mv, &n); /* ordered by offset */
+	if (r < 0)
+		return r;
+	pack_name(pack, name);
+	fd = openat(s->packs_fd, name, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &before) < 0) {
+		r = -errno;
+		close(fd);
+		return r;
+	}
+	blk = before.st_blksize ? (uint64_t)before.st_blksize : 4096;
+	for (size_t i = 0; i <= n; i++) {
+		uint64_t end = i < n ? mv[i].from.off : committed;
+		uint64_t a = (at + blk - 1) / blk * blk, b = end / blk * blk;
+
+		if (b > a && fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)a,
+				       (off_t)(b - a)) < 0) {
+			r = -errno;
+			break;
+		}
+		if (i < n)
+			at = mv[i].from.off + mv[i].from.len;
+	}
+	if (r == 0 && fstat(fd, &after) == 0 && after.st_blocks < before.st_blocks)
+		*freed = (uint64_t)(before.st_blocks - after.st_blocks) * 512;
+	close(fd);
+	return r;
+}
+
 /* Whether a pack is worth rewriting: some dead bytes, and either no live
  * ones or dead ones making up 1/GC_DEAD_DIVISOR of it. */
 static bool gc_wants(const struct gc_pack *p)
@@ -293,6 +343,8 @@ int ds_store_gc(struct ds_store *s, const ds_chunk_id *live, size_t n, struct ds
 	for (size_t i = 0; r == 0 && i < npacks; i++)
 		if (packs[i].id == s->cur_pack && gc_wants(&packs[i]))
 			r = store_writer_pack(s, true);
+	if (r == -ENOSPC)
+		r = 0; /* no room for a new pack: the rewrite below punches instead */
 	for (size_t i = 0; r == 0 && i < npacks; i++) {
 		struct gc_pack *p = &packs[i];
 		uint64_t copied = 0;
@@ -300,6 +352,14 @@ int ds_store_gc(struct ds_store *s, const ds_chunk_id *live, size_t n, struct ds
 		if (!gc_wants(p))
 			continue;
 		r = gc_rewrite_pack(s, p->id, scratch, &copied);
+		if (r == -ENOSPC) {
+			uint64_t freed = 0;
+			r = gc_punch_pack(s, p->id, p->committed, &freed);
+			if (r == -EOPNOTSUPP)
+				r = -ENOSPC; /* no holes here either: the store is full */
+			st.bytes_freed += freed;
+			continue;
+		}
 		if (r == 1) {
 			r = 0;
 			continue;

@@ -48,13 +48,21 @@ DS_EXPORT int ds_engine_open(const char *state_dir, const struct ds_engine_optio
 			     struct ds_engine **out);
 /* Stops running copies (their snapshots end `failed`) and closes. */
 DS_EXPORT void ds_engine_close(struct ds_engine *e);
+/* Stops running copies now and refuses new ones (-ECANCELED): the first
+ * step of a shutdown, so nothing waits for a copy to end. */
+DS_EXPORT void ds_engine_cancel_copies(struct ds_engine *e);
 DS_EXPORT struct ds_store *ds_engine_store(struct ds_engine *e);
 
 enum ds_disk_kind { DS_DISK_FILE = 0, DS_DISK_LOOP = 1, DS_DISK_BLOCK = 2 };
 
+/* Names hold up to 128 characters, descriptions 256, tags 128: UTF-8
+ * needs up to 4 bytes a character. */
+#define DS_NAME_MAX (4 * 128 + 1)
+#define DS_DESCRIPTION_MAX (4 * 256 + 1)
+
 struct ds_disk_info {
 	char id[DS_ID_SIZE];
-	char name[129];
+	char name[DS_NAME_MAX];
 	char path[DS_PATH_MAX]; /* where the disk is now */
 	enum ds_disk_kind kind;
 	char status[16];        /* Available, In_use, ReIniting */
@@ -89,11 +97,12 @@ DS_EXPORT int ds_disk_list(struct ds_engine *e, ds_disk_fn fn, void *opaque);
 DS_EXPORT int ds_disk_delete(struct ds_engine *e, const char *id);
 DS_EXPORT int ds_disk_set_locked(struct ds_engine *e, const char *id, bool locked);
 
+
 #define DS_MAX_TAGS 20
 
 struct ds_tag {
-	char key[129];
-	char value[129];
+	char key[DS_NAME_MAX];
+	char value[DS_NAME_MAX];
 };
 
 struct ds_snapshot_params {
@@ -112,8 +121,8 @@ struct ds_snapshot_params {
 struct ds_snapshot_info {
 	char id[DS_ID_SIZE];
 	char disk_id[DS_ID_SIZE];
-	char name[129];
-	char description[257];
+	char name[DS_NAME_MAX];
+	char description[DS_DESCRIPTION_MAX];
 	char status[16];      /* progressing, accomplished, failed */
 	int progress;         /* percent, 0..100 */
 	uint64_t disk_size;   /* bytes */

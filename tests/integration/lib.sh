@@ -12,9 +12,11 @@ cleanup() {
 	for ((i = ${#CLEANUP[@]} - 1; i >= 0; i--)); do
 		eval "${CLEANUP[i]}" >/dev/null 2>&1 || true
 	done
-	rm -rf "$SCRATCH"
+	rm -rf --one-file-system "$SCRATCH"
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 on_exit() { CLEANUP+=("$*"); }
 
@@ -36,3 +38,69 @@ make_tree() {
 tree_sums() { (cd "$1" && find . -type f ! -path './lost+found/*' -print0 | sort -z | xargs -0 sha256sum); }
 
 stored_bytes() { "$DSNAP" store stats | awk '/^stored bytes/ {print $3}'; }
+
+# The disk and snapshot commands use a state folder of the test's own (DIR,
+# default $SCRATCH/state); `dsnap store …` then works on its store/.
+use_state() {
+	export DSNAP_STATE=${1:-$SCRATCH/state}
+	unset DSNAP_STORE
+}
+
+# loop_attach VAR FILE [LOSETUP-OPTIONS…]: attaches FILE to a free loop
+# device and sets VAR to it. It is detached on exit, and only while FILE is
+# still behind it: a number the test freed itself may be someone else's by then.
+loop_attach() {
+	local -n dev_=$1
+	local file=$2
+	shift 2
+	dev_=$(losetup --find --show "$@" "$file") || skip "cannot set up a loop device"
+	on_exit "loop_detach $dev_ $(realpath "$file")"
+}
+
+loop_detach() {
+	local back
+	back=$(cat "/sys/block/${1#/dev/}/loop/backing_file" 2>/dev/null) || return 0
+	[ "${back% (deleted)}" = "$2" ] && losetup -d "$1"
+}
+
+# mount_on_exit [MOUNT-OPTIONS…] SOURCE DIR: mounts, and unmounts on exit
+# (before the loop devices attached earlier are detached). DIR is made under
+# $SCRATCH, so whatever is mounted there is the test's own.
+mount_on_exit() {
+	local dir=${!#}
+	mkdir -p "$dir"
+	mount "$@"
+	on_exit "umount $dir"
+}
+
+# expect_exit CODE COMMAND…: the command must exit with CODE; its output is
+# left in $SCRATCH/out and $SCRATCH/err for the caller to check.
+expect_exit() {
+	local want=$1 rc=0
+	shift
+	"$@" >"$SCRATCH/out" 2>"$SCRATCH/err" || rc=$?
+	[ "$rc" = "$want" ] || fail "'$*' exited $rc, not $want: $(cat "$SCRATCH/err")"
+}
+
+# The error output of the last expect_exit must match a pattern (grep -E).
+expect_err() { grep -Eq "$1" "$SCRATCH/err" || fail "unclear error, wanted /$1/: $(cat "$SCRATCH/err")"; }
+
+# dsnap on the state folder, in this process (never a dsnapd that happens
+# to answer on the default socket).
+ds() { "$DSNAP" --local "$@"; }
+
+# What describe-snapshots and describe-disks show: a snapshot's status; a
+# disk's Present (true/false; from JSON, as the table leaves FsType blank);
+# the snapshots of a disk, without the header line.
+snap_status() { ds describe-snapshots --snapshot-ids "$1" | awk 'NR > 1 {print $3}'; }
+disk_present() { ds --output json describe-disks --disk-ids "$1" | sed -n 's/.*"Present": *\([a-z]*\).*/\1/p'; }
+disk_snapshots() { ds describe-snapshots --disk-id "$1" | tail -n +2; }
+
+# Ends a background job of this shell if it is still one (never a process
+# that got its number since).
+stop_job() {
+	if jobs -p | grep -qx "$1"; then
+		kill "$1" 2>/dev/null || true
+		wait "$1" 2>/dev/null || true
+	fi
+}

@@ -227,7 +227,7 @@ static void test_register(void **state)
 	char id[DS_ID_SIZE], again[DS_ID_SIZE], p[PATH_MAX];
 	struct ds_disk_info info;
 	struct count c = {0};
-	char longname[200];
+	char longname[DS_NAME_MAX + 8];
 
 	make_image(f->img, 3, 100, "D", 1);
 	reg(f, f->img, id);
@@ -390,7 +390,7 @@ static void test_snapshot_accomplished(void **state)
 static void test_snapshot_params_invalid(void **state)
 {
 	struct fx *f = *state;
-	char id[DS_ID_SIZE], sid[DS_ID_SIZE], name[200], desc[300];
+	char id[DS_ID_SIZE], sid[DS_ID_SIZE], name[DS_NAME_MAX + 8], desc[DS_DESCRIPTION_MAX + 8];
 	struct ds_snapshot_params p = {0};
 
 	make_image(f->img, 1, 0, "D", 5);
