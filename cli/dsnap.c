@@ -43,6 +43,8 @@ static void usage(FILE *f)
 		"  create-disk --size GIB | --snapshot-id ID [--disk-name NAME]\n"
 		"  describe-disks [--disk-ids IDS] [--max-results N] [--next-token T]\n"
 		"  delete-disk --disk-id ID\n"
+		"  attach-disk --disk-id ID | detach-disk --disk-id ID\n"
+		"                  serve a disk as a loop device through dsnapd (root)\n"
 		"  create-snapshot --disk-id ID [--snapshot-name NAME] [--description TEXT]\n"
 		"                  [--retention-days N] [--client-token T] [--tag K=V]...\n"
 		"                  [--resource-group-id RG] [--wait]\n"

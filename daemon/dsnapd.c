@@ -63,6 +63,7 @@ struct config {
 	int max_copies_per_disk;
 	uint32_t chunk_size;
 	char clock_file[PATH_MAX];
+	int fuse_uring; /* 0 auto, 1 on, 2 off */
 	int maintenance_interval;
 	int log_level;
 };
@@ -158,6 +159,15 @@ static int set_key(const char *key, const char *val, const char *where)
 			cfg.maintenance_interval = (int)v;
 		else
 			cfg.chunk_size = (uint32_t)v;
+	} else if (strcmp(key, "fuse_uring") == 0) {
+		if (strcmp(val, "auto") == 0)
+			cfg.fuse_uring = 0;
+		else if (strcmp(val, "on") == 0)
+			cfg.fuse_uring = 1;
+		else if (strcmp(val, "off") == 0)
+			cfg.fuse_uring = 2;
+		else
+			goto bad;
 	} else if (strcmp(key, "log_level") == 0) {
 		static const char *const levels[] = {"error", "warning", "info", "debug"};
 		int found = -1;
@@ -610,6 +620,10 @@ int main(int argc, char **argv)
 		logf_("cannot create %s: %s", cfg.state, strerror(errno));
 		return 1;
 	}
+	/* FUSE over io_uring is offered by the kernel only once enabled. */
+	if (cfg.fuse_uring != 2 && geteuid() == 0 && ds_fuse_uring_enable(true) < 0)
+		logf_("cannot turn on FUSE over io_uring; attached disks use /dev/fuse");
+	eo.fuse_transport = cfg.fuse_uring;
 	eo.chunk_size = cfg.chunk_size;
 	eo.max_copies_per_disk = cfg.max_copies_per_disk;
 	r = ds_engine_open(cfg.state, &eo, &engine);

@@ -12,6 +12,8 @@ PACKAGES=(
 	e2fsprogs xfsprogs util-linux sqlite3     # integration tests: mkfs, fsck, losetup, index queries
 	dpkg-dev debhelper pandoc man-db bash-completion   # packaging: .deb, man pages, completion
 	btrfs-progs                               # integration tests: reflinked images, read errors
+	clang libclang-rt-14-dev                   # tests/fuzz: libFuzzer, ASan, UBSan (DSNAP_FUZZ)
+	python3 curl                              # API tests (tests/api): dsnapd over its socket
 )
 
 missing=()

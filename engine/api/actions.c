@@ -346,8 +346,7 @@ static json_object *snapshot_json(const struct ds_snapshot_info *s)
 	add_str(o, "CreationTime", t);
 	format_iso8601(s->modified, t);
 	add_str(o, "LastModifiedTime", t);
-	if (s->retention_days > 0)
-		add_int(o, "RetentionDays", s->retention_days);
+	add_int(o, "RetentionDays", s->retention_days); /* 0: kept until deleted */
 	add_str(o, "Usage", "none");
 	add_str(o, "SnapshotType", s->automatic ? "auto" : "user");
 	add_str(o, "Category", s->category[0] ? s->category : "Standard");
@@ -379,7 +378,8 @@ struct snap_filter {
 	struct ds_tag tags[DS_MAX_TAGS];
 	bool has_value[DS_MAX_TAGS]; /* a tag filter without a value matches any value */
 	int ntags;
-	json_object *list; /* every match, in creation order */
+	size_t offset, max, matched; /* the page, and matches seen so far */
+	json_object *list; /* the page's entries, in creation order */
 };
 
 static bool tags_match(const struct snap_filter *f, const struct ds_snapshot_info *s)
@@ -417,12 +417,16 @@ static int snap_match(const struct ds_snapshot_info *s, void *opaque)
 	}
 	if (ok)
 		ok = tags_match(f, s) && api_may(f->q, s->disk_id);
-	if (ok) {
+	if (!ok)
+		return 0;
+	/* Every match is counted; only the page's are rendered. */
+	if (f->matched >= f->offset && f->matched < f->offset + f->max) {
 		json_object *o = snapshot_json(s);
 		if (!o)
 			return -ENOMEM;
 		json_object_array_add(f->list, o);
 	}
+	f->matched++;
 	return 0;
 }
 
@@ -447,17 +451,15 @@ static int paging(struct req *q, size_t *offset, size_t *max)
 	return 0;
 }
 
-/* Puts list[offset, offset + max) under out.<outer>.<inner>, with TotalCount
- * and NextToken when more remain. Takes list. */
-static void page_out(struct req *q, json_object *list, size_t offset, size_t max,
+/* Puts page (the entries [offset, offset + max) of total) under
+ * out.<outer>.<inner>, with TotalCount and NextToken when more remain.
+ * Takes page. */
+static void page_put(struct req *q, json_object *page, size_t total, size_t offset, size_t max,
 		     const char *outer, const char *inner)
 {
-	size_t total = json_object_array_length(list);
-	json_object *page = json_object_new_array(), *wrap = json_object_new_object();
+	json_object *wrap = json_object_new_object();
 	char next[32];
 
-	for (size_t i = offset; page && i < total && i < offset + max; i++)
-		json_object_array_add(page, json_object_get(json_object_array_get_idx(list, i)));
 	add_int(q->out, "TotalCount", (int64_t)total);
 	if (offset + max < total) {
 		snprintf(next, sizeof(next), "%zu", offset + max);
@@ -468,6 +470,19 @@ static void page_out(struct req *q, json_object *list, size_t offset, size_t max
 	add_int(q->out, "MaxResults", (int64_t)max);
 	json_object_object_add(wrap, inner, page);
 	json_object_object_add(q->out, outer, wrap);
+}
+
+/* Puts list[offset, offset + max) under out.<outer>.<inner>, with TotalCount
+ * and NextToken when more remain. Takes list. */
+static void page_out(struct req *q, json_object *list, size_t offset, size_t max,
+		     const char *outer, const char *inner)
+{
+	size_t total = json_object_array_length(list);
+	json_object *page = json_object_new_array();
+
+	for (size_t i = offset; page && i < total && i < offset + max; i++)
+		json_object_array_add(page, json_object_get(json_object_array_get_idx(list, i)));
+	page_put(q, page, total, offset, max, outer, inner);
 	json_object_put(list);
 }
 
@@ -500,6 +515,8 @@ static int describe_snapshots(struct req *q)
 		return -1;
 	}
 	f.list = json_object_new_array();
+	f.offset = offset;
+	f.max = max;
 	r = f.list ? ds_snapshot_list(q->a->e, disk_id && *disk_id ? disk_id : NULL, snap_match, &f)
 		   : -ENOMEM;
 	free_id_array(f.ids, f.nids);
@@ -507,7 +524,7 @@ static int describe_snapshots(struct req *q)
 		json_object_put(f.list);
 		return api_engine_error(q, r, NULL);
 	}
-	page_out(q, f.list, offset, max, "Snapshots", "Snapshot");
+	page_put(q, f.list, f.matched, offset, max, "Snapshots", "Snapshot");
 	return 0;
 }
 
@@ -645,10 +662,10 @@ static int reset_disk(struct req *q)
 		r = api_error(q, "IncorrectSnapshotStatus");
 		goto out;
 	}
-	/* A snapshot of another disk reveals that disk: the caller must be
-	 * allowed to act on it too. */
-	if (r == 0 && strcmp(s->disk_id, disk_id) != 0 && api_authorize(q, s->disk_id) < 0) {
-		r = -1;
+	/* A disk is rolled back to one of its own snapshots (API.md); another
+	 * disk's snapshot would also reveal that disk. */
+	if (r == 0 && strcmp(s->disk_id, disk_id) != 0) {
+		r = api_error(q, "InvalidParameter", "SnapshotId");
 		goto out;
 	}
 	if (r == 0)
@@ -746,7 +763,11 @@ static json_object *disk_json(const struct ds_disk_info *d)
 	add_str(o, "Status", d->status);
 	add_int(o, "Size", gib_up(d->size));
 	add_int(o, "SizeBytes", (int64_t)d->size);
-	add_str(o, "Device", d->kind == DS_DISK_FILE ? "" : d->path);
+	/* The block device users open: the loop device while attached, else
+	 * the registered device itself (an image file has none). */
+	add_str(o, "Device", d->device[0] ? d->device : d->kind == DS_DISK_FILE ? "" : d->path);
+	if (d->transport[0])
+		add_str(o, "Transport", d->transport);
 	add_str(o, "SourcePath", d->path);
 	add_str(o, "FsType", d->fs_type);
 	add_str(o, "FsUuid", d->fs_uuid);
@@ -816,6 +837,40 @@ static int delete_disk(struct req *q)
 	if (need(q, "DiskId", &disk_id) < 0 || api_authorize(q, disk_id) < 0)
 		return -1;
 	r = ds_disk_delete(q->a->e, disk_id);
+	return r < 0 ? api_engine_error(q, r, disk_id) : 0;
+}
+
+static int attach_disk(struct req *q)
+{
+	const char *disk_id;
+	char dev[32];
+	int r;
+
+	if (need(q, "DiskId", &disk_id) < 0 || api_authorize(q, disk_id) < 0)
+		return -1;
+	r = ds_disk_attach(q->a->e, disk_id, dev);
+	if (r == -EPERM)
+		return api_error(q, "OperationDenied.NeedRoot");
+	if (r == -EOPNOTSUPP)
+		return api_error(q, "DiskCategory.OperationNotSupported");
+	if (r < 0)
+		return api_engine_error(q, r, disk_id);
+	add_str(q->out, "Device", dev);
+	return 0;
+}
+
+static int detach_disk(struct req *q)
+{
+	const char *disk_id;
+	int r;
+
+	if (need(q, "DiskId", &disk_id) < 0 || api_authorize(q, disk_id) < 0)
+		return -1;
+	r = ds_disk_detach(q->a->e, disk_id);
+	if (r == -EINVAL)
+		return api_error(q, "IncorrectDiskStatus.NotAttached");
+	if (r == -EBUSY)
+		return api_error(q, "IncorrectDiskStatus.InUse");
 	return r < 0 ? api_engine_error(q, r, disk_id) : 0;
 }
 
@@ -998,6 +1053,8 @@ static const struct action actions[] = {
 	{"RegisterDisk", p_register_disk, false, register_disk},
 	{"DescribeDisks", p_describe_disks, false, describe_disks},
 	{"DeleteDisk", p_disk, false, delete_disk},
+	{"AttachDisk", p_disk, false, attach_disk},
+	{"DetachDisk", p_disk, false, detach_disk},
 	{"CreateResourceGroup", p_create_rg, false, create_rg},
 	{"ListResourceGroups", p_list_rgs, false, list_rgs},
 	{"DeleteResourceGroup", p_rg, false, delete_rg},

@@ -108,6 +108,12 @@ int ds_api_parse_form(const char *text, size_t len, struct ds_api_param **out)
 			}
 			p = np;
 			p[n].key = url_decode(text + pos, klen, &dummy, &bad);
+			if (p[n].key && strlen(p[n].key) != dummy) {
+				/* A NUL inside a name: refused, never cut short. */
+				free(p[n].key);
+				p[n].key = NULL;
+				bad = true;
+			}
 			p[n].value = p[n].key ? url_decode(eq ? eq + 1 : text + end,
 							   eq ? end - (size_t)(eq + 1 - text) : 0,
 							   &vlen, &bad)
@@ -287,9 +293,12 @@ int api_engine_error(struct req *q, int err, const char *disk_id)
 		return api_error(q, "InvalidDiskId.NotFound");
 	case -EALREADY:
 		return api_error(q, "IncorrectDiskStatus.CreatingSnapshot");
-	case -EUSERS:
+	case -EUSERS: {
+		char limit[16];
+		snprintf(limit, sizeof(limit), "%d", ds_engine_max_copies(q->a->e));
 		return api_error(q, "QuotaExceed.ConcurrentSnapshotQuota", disk_id ? disk_id : "",
-				 "configured");
+				 limit);
+	}
 	case -EDQUOT:
 		return api_error(q, "QuotaExceed.Snapshot");
 	case -EBUSY:

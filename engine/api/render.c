@@ -82,6 +82,10 @@ static const struct api_err errors[] = {
 	{"InvalidResourceGroupName.Malformed", 400, "The specified Name is not valid."},
 	{"ResourceGroup.NotEmpty", 403, "The resource group still holds snapshots."},
 	{"StorageFull", 507, "The snapshot store has no space left."},
+	{"OperationDenied.NeedRoot", 403, "dsnapd must run as root to attach disks."},
+	{"IncorrectDiskStatus.NotAttached", 403, "The specified disk is not attached."},
+	{"IncorrectDiskStatus.InUse", 403,
+	 "The disk's device is mounted or open; unmount it before detaching."},
 	{"InternalError", 500, "The request processing has failed due to some unknown error."},
 };
 

@@ -4,11 +4,9 @@
  */
 #include <ctype.h>
 #include <errno.h>
-#include <locale.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <wctype.h>
 
 #include "api/api_priv.h"
 
@@ -70,22 +68,26 @@ bool utf8_valid(const char *s, size_t len, size_t *chars)
 	return true;
 }
 
-/* Unicode letters (Chinese characters included) through glibc's C.UTF-8
- * classification, which covers all of Unicode. */
-static locale_t utf8_locale;
-static pthread_once_t utf8_once = PTHREAD_ONCE_INIT;
+#include "api/unicode_letters.h"
 
-static void utf8_locale_init(void)
-{
-	utf8_locale = newlocale(LC_CTYPE_MASK, "C.UTF-8", (locale_t)0);
-}
-
+/* Unicode letters (general category L, Chinese characters included), by
+ * binary search of the generated ranges. */
 static bool is_letter(uint32_t cp)
 {
+	size_t lo = 0, hi = sizeof(unicode_letters) / sizeof(unicode_letters[0]);
+
 	if (cp < 0x80)
-		return isalpha((int)cp);
-	pthread_once(&utf8_once, utf8_locale_init);
-	return utf8_locale && iswalpha_l((wint_t)cp, utf8_locale);
+		return (cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z');
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (cp < unicode_letters[mid].lo)
+			hi = mid;
+		else if (cp > unicode_letters[mid].hi)
+			lo = mid + 1;
+		else
+			return true;
+	}
+	return false;
 }
 
 static bool starts_with(const char *s, const char *prefix)
@@ -112,12 +114,15 @@ bool valid_name(const char *s)
 	    starts_with(s, "auto"))
 		return false;
 	while (len > 0) {
-		uint32_t cp;
+		uint32_t cp = 0;
 		size_t n = utf8_decode(p, len, &cp);
-		bool ok = is_letter(cp) ||
-			  (chars > 0 && ((cp >= '0' && cp <= '9') || cp == ':' || cp == '_' ||
-					 cp == '.' || cp == '-'));
-		if (n == 0 || !ok)
+		bool ok;
+
+		if (n == 0)
+			return false;
+		ok = is_letter(cp) || (chars > 0 && ((cp >= '0' && cp <= '9') || cp == ':' ||
+						     cp == '_' || cp == '.' || cp == '-'));
+		if (!ok)
 			return false;
 		p += n;
 		len -= n;

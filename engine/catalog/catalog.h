@@ -21,6 +21,10 @@ struct catalog;
 int catalog_open(const char *path, struct catalog **out);
 void catalog_close(struct catalog *c);
 
+/* Commits from now on are durable when they return (FULL) or only once
+ * the WAL is next synced (NORMAL, the default; safe from a process crash). */
+int catalog_durable(struct catalog *c, bool on);
+
 int catalog_begin(struct catalog *c);
 int catalog_commit(struct catalog *c);
 void catalog_rollback(struct catalog *c);

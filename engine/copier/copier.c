@@ -491,7 +491,8 @@ static int run(struct copier_job *j, void *(*fn)(void *))
 	int r = 0;
 
 	c.cs = j->m->chunk_size;
-	c.slab_chunks = MAX(1u, SLAB_BYTES / c.cs);
+	/* A small disk gets slabs of its own size, not 4 MiB buffers. */
+	c.slab_chunks = MIN((uint64_t)MAX(1u, SLAB_BYTES / c.cs), MAX((uint64_t)1, j->m->count));
 	c.nslabs = j->m->count / c.slab_chunks + (j->m->count % c.slab_chunks != 0);
 	if (c.nslabs == 0)
 		return 0;

@@ -27,7 +27,11 @@
  * Backing I/O goes to an O_DIRECT fd when offset, length and buffer are
  * 512-aligned (always, for the loop device), else to a buffered fd.
  *
- * Teardown: clear the loop device, close our file, unmount. The kernel
+ * dsnapd never keeps a file of its own mount open (the loop device holds
+ * the only reference): a dying server would otherwise wait on itself
+ * for that file's FUSE_FLUSH at exit, forever.
+ *
+ * Teardown: clear the loop device, unmount. The kernel
  * then fails every registered entry with -ENOTCONN and read(/dev/fuse)
  * with ENODEV, and the threads end. If the mount lingers (a lazy unmount
  * while something still holds it), the connection is aborted through
@@ -869,6 +873,12 @@ static int attach_loop(struct frontend *f)
 	close(ctl);
 	if (fd >= 0)
 		close(fd);
+	/* The loop device holds its own reference to the file. dsnapd must
+	 * never keep a file of its own mount open: if it dies, closing that
+	 * file at exit sends FUSE_FLUSH to the dying server itself and the
+	 * exit never finishes (seen with kill -9). */
+	close(f->file_fd);
+	f->file_fd = -1;
 	if (r < 0)
 		f->loopdev[0] = '\0';
 	return r;

@@ -48,6 +48,7 @@
 #include "catalog/catalog.h"
 #include "copier/copier.h"
 #include "disk/disk.h"
+#include "frontend/frontend.h"
 #include "util/util.h"
 
 struct job {
@@ -64,6 +65,13 @@ struct job {
 	struct job *next;
 };
 
+/* A disk dsnapd serves (attached). */
+struct attached {
+	char disk_id[DS_ID_SIZE];
+	struct frontend *f;
+	struct attached *next;
+};
+
 struct ds_engine {
 	char dir[DS_PATH_MAX];
 	int lock_fd;
@@ -75,7 +83,12 @@ struct ds_engine {
 	struct job *jobs;
 	int max_copies; /* per disk */
 	bool stopping;  /* no new copies */
+	int fuse_transport;
+	struct attached *attached;
 };
+
+static void reattach_all(struct ds_engine *e);
+static int set_disk_status(struct ds_engine *e, const char *id, const char *status);
 
 static int64_t now_s(void)
 {
@@ -109,6 +122,7 @@ int ds_engine_open(const char *state_dir, const struct ds_engine_options *opt,
 	snprintf(e->dir, sizeof(e->dir), "%s", state_dir);
 	e->lock_fd = -1;
 	e->max_copies = opt && opt->max_copies_per_disk > 0 ? opt->max_copies_per_disk : 1;
+	e->fuse_transport = opt ? opt->fuse_transport : 0;
 	pthread_mutex_init(&e->lock, NULL);
 	pthread_cond_init(&e->changed, NULL);
 	pthread_rwlock_init(&e->gc_lock, NULL);
@@ -153,6 +167,8 @@ int ds_engine_open(const char *state_dir, const struct ds_engine_options *opt,
 				 "a partial image until reset again", r);
 		r = r < 0 ? r : 0;
 	}
+	if (r == 0)
+		reattach_all(e);
 	if (r < 0) {
 		if (r == -EBUSY)
 			log_error("engine: %s is in use by another dsnap process", state_dir);
@@ -189,6 +205,19 @@ void ds_engine_close(struct ds_engine *e)
 		free(j);
 	}
 	pthread_mutex_unlock(&e->lock);
+	/* Attached disks stay In_use and are attached again at the next start.
+	 * One whose device is mounted cannot be detached: its I/O fails until
+	 * then, and the next start cleans up the dead mount and loop device. */
+	while (e->attached) {
+		struct attached *a = e->attached;
+		e->attached = a->next;
+		if (frontend_detach(a->f, false) < 0)
+			log_warn("engine: disk %s is still mounted on %s; its I/O fails until dsnap "
+				 "starts again", a->disk_id, frontend_device(a->f));
+		else
+			log_info("engine: disk %s detached for the stop", a->disk_id);
+		free(a);
+	}
 	ds_store_close(e->store);
 	catalog_close(e->cat);
 	if (e->lock_fd >= 0)
@@ -202,6 +231,11 @@ void ds_engine_close(struct ds_engine *e)
 struct ds_store *ds_engine_store(struct ds_engine *e)
 {
 	return e->store;
+}
+
+int ds_engine_max_copies(const struct ds_engine *e)
+{
+	return e->max_copies;
 }
 
 static struct job *job_for_disk(struct ds_engine *e, const char *disk_id)
@@ -257,6 +291,27 @@ static void default_name(const char *path, char *out, size_t size)
 	out[n] = '\0';
 }
 
+/*
+ * The disk is registered already (same identity). When its recorded path no
+ * longer leads to it (the image was renamed), the path given now does:
+ * record that. Caller holds lock. Always ends -EEXIST (or an error).
+ */
+static int adopt_known(struct ds_engine *e, const char *id, const struct disk_row *probed)
+{
+	struct disk_row *old = malloc(sizeof(*old));
+	int r = old ? catalog_disk_get(e->cat, id, old) : -ENOMEM;
+
+	if (r == 0 && disk_resolve(old) < 0) {
+		log_info("engine: disk %s moved from %s to %s", id, old->info.path,
+			 probed->info.path);
+		snprintf(old->info.path, sizeof(old->info.path), "%s", probed->info.path);
+		old->info.size = probed->info.size;
+		r = catalog_disk_update(e->cat, old);
+	}
+	free(old);
+	return r < 0 ? r : -EEXIST;
+}
+
 int ds_disk_register(struct ds_engine *e, const char *path, const char *name,
 		     char id_out[DS_ID_SIZE])
 {
@@ -274,7 +329,7 @@ int ds_disk_register(struct ds_engine *e, const char *path, const char *name,
 	if (r == 0) {
 		r = catalog_disk_find_key(e->cat, &d->key, id_out);
 		if (r == 0)
-			r = -EEXIST;
+			r = adopt_known(e, id_out, d);
 		else if (r == -ENOENT)
 			r = disk_new_id("d-", d->info.id);
 	}
@@ -424,16 +479,34 @@ static int disk_load(struct ds_engine *e, const char *id, struct disk_row *d)
 	return 0;
 }
 
+static struct attached *find_attached(struct ds_engine *e, const char *id)
+{
+	for (struct attached *a = e->attached; a; a = a->next)
+		if (strcmp(a->disk_id, id) == 0)
+			return a;
+	return NULL;
+}
+
 int ds_disk_get(struct ds_engine *e, const char *id, struct ds_disk_info *info)
 {
 	struct disk_row *d = malloc(sizeof(*d));
+	struct attached *a;
 	int r;
 
 	if (!d)
 		return -ENOMEM;
 	r = disk_load(e, id, d);
-	if (r == 0)
+	if (r == 0) {
 		*info = d->info;
+		pthread_mutex_lock(&e->lock);
+		a = find_attached(e, id);
+		if (a) {
+			snprintf(info->device, sizeof(info->device), "%s", frontend_device(a->f));
+			snprintf(info->transport, sizeof(info->transport), "%s",
+				 frontend_transport_name(a->f));
+		}
+		pthread_mutex_unlock(&e->lock);
+	}
 	free(d);
 	return r;
 }
@@ -596,15 +669,19 @@ static void *copy_thread(void *arg)
 			log_warn("engine: snapshot %s of %s failed: %s", j->snap_id, j->disk_id,
 				 s->error);
 		}
+		/* What a copy ends with is kept through a power failure: a
+		 * snapshot shown accomplished stays so. */
+		catalog_durable(e->cat, true);
 		if (catalog_snapshot_update(e->cat, s) < 0)
 			log_error("engine: cannot record the end of snapshot %s", j->snap_id);
+		catalog_durable(e->cat, false);
 	}
+	free(s);
 	j->err = r;
 	j->finished = true;
 	pthread_cond_broadcast(&e->changed);
 	pthread_mutex_unlock(&e->lock);
 	pthread_rwlock_unlock(&e->gc_lock);
-	free(s);
 	return NULL;
 }
 
@@ -765,41 +842,30 @@ int ds_snapshot_wait(struct ds_engine *e, const char *id)
 
 struct snap_list_ctx {
 	struct ds_engine *e;
-	struct ds_snapshot_info *v;
-	size_t n, cap;
+	ds_snapshot_fn fn;
+	void *opaque;
 };
 
 static int snap_list_one(const struct ds_snapshot_info *s, void *opaque)
 {
 	struct snap_list_ctx *c = opaque;
 
-	if (c->n == c->cap) {
-		size_t cap = c->cap ? c->cap * 2 : 16;
-		struct ds_snapshot_info *v = realloc(c->v, cap * sizeof(*v));
-		if (!v)
-			return -ENOMEM;
-		c->v = v;
-		c->cap = cap;
-	}
-	c->v[c->n] = *s;
-	snapshot_live(c->e, &c->v[c->n]);
-	c->n++;
-	return 0;
+	/* Live progress is written into the catalog's own row buffer. */
+	snapshot_live(c->e, (struct ds_snapshot_info *)s);
+	return c->fn(s, c->opaque);
 }
 
 int ds_snapshot_list(struct ds_engine *e, const char *disk_id, ds_snapshot_fn fn, void *opaque)
 {
-	struct snap_list_ctx c = {e, NULL, 0, 0};
+	struct snap_list_ctx c = {e, fn, opaque};
 	int r;
 
-	/* Copied out under the lock, handed out without it: a callback may
-	 * call the engine (or take its own locks) freely. */
+	/* fn runs with the engine locked (a record is about 21 KB: copying a
+	 * thousand of them out cost more than the request). The API's only
+	 * other lock is taken after this one, never before. */
 	pthread_mutex_lock(&e->lock);
 	r = catalog_snapshot_each(e->cat, disk_id, snap_list_one, &c);
 	pthread_mutex_unlock(&e->lock);
-	for (size_t i = 0; r == 0 && i < c.n; i++)
-		r = fn(&c.v[i], opaque);
-	free(c.v);
 	return r;
 }
 
@@ -1199,4 +1265,148 @@ int ds_token_put(struct ds_engine *e, int64_t caller, const char *token, const c
 	r = catalog_token_put(e->cat, caller, token, action, fingerprint, result, now_s());
 	pthread_mutex_unlock(&e->lock);
 	return r;
+}
+
+/* ---- attached disks --------------------------------------------------------------- */
+
+/* Serves one disk (status already In_use): FUSE mount in STATE/mnt/ID. */
+static int attach_one(struct ds_engine *e, struct disk_row *d, char device_out[32])
+{
+	char mnt[DS_PATH_MAX + 64];
+	struct attached *a;
+	int r;
+
+	if (geteuid() != 0)
+		return -EPERM;
+	if (disk_resolve(d) < 0)
+		return -ENODEV;
+	snprintf(mnt, sizeof(mnt), "%s/mnt", e->dir);
+	mkdir(mnt, 0700);
+	snprintf(mnt, sizeof(mnt), "%s/mnt/%s", e->dir, d->info.id);
+	/* What a dead dsnapd left: its loop device and its FUSE mount. */
+	frontend_cleanup_stale(mnt);
+	if (mkdir(mnt, 0700) < 0 && errno != EEXIST)
+		return -errno;
+	a = calloc(1, sizeof(*a));
+	if (!a)
+		return -ENOMEM;
+	r = frontend_attach(d->info.path, mnt, (enum frontend_transport)e->fuse_transport, &a->f);
+	if (r < 0) {
+		free(a);
+		return r;
+	}
+	snprintf(a->disk_id, sizeof(a->disk_id), "%s", d->info.id);
+	if (device_out)
+		snprintf(device_out, 32, "%s", frontend_device(a->f));
+	log_info("engine: disk %s attached as %s over %s", d->info.id, frontend_device(a->f),
+		 frontend_transport_name(a->f));
+	pthread_mutex_lock(&e->lock);
+	a->next = e->attached;
+	e->attached = a;
+	pthread_mutex_unlock(&e->lock);
+	return 0;
+}
+
+int ds_disk_attach(struct ds_engine *e, const char *id, char device_out[32])
+{
+	struct disk_row *d = malloc(sizeof(*d));
+	int r;
+
+	if (!d)
+		return -ENOMEM;
+	pthread_mutex_lock(&e->lock);
+	r = catalog_disk_get(e->cat, id, d);
+	if (r == 0 && d->info.locked)
+		r = -ENOLCK;
+	if (r == 0 && (strcmp(d->info.status, "Available") != 0 || job_for_disk(e, id)))
+		r = -EBUSY;
+	if (r == 0) {
+		snprintf(d->info.status, sizeof(d->info.status), "In_use");
+		r = catalog_disk_update(e->cat, d);
+	}
+	pthread_mutex_unlock(&e->lock);
+	if (r == 0) {
+		r = attach_one(e, d, device_out);
+		if (r < 0)
+			set_disk_status(e, id, "Available");
+	}
+	free(d);
+	return r;
+}
+
+int ds_disk_detach(struct ds_engine *e, const char *id)
+{
+	struct disk_row *d = malloc(sizeof(*d));
+	struct attached *a, **pa;
+	int r;
+
+	if (!d)
+		return -ENOMEM;
+	pthread_mutex_lock(&e->lock);
+	r = catalog_disk_get(e->cat, id, d);
+	a = r == 0 ? find_attached(e, id) : NULL;
+	if (r == 0 && !a && strcmp(d->info.status, "In_use") != 0)
+		r = -EINVAL; /* not attached */
+	pthread_mutex_unlock(&e->lock);
+	free(d);
+	if (r < 0)
+		return r;
+	if (a) {
+		/* Refused while mounted or held; the frontend stays as it was. */
+		r = frontend_detach(a->f, false);
+		if (r < 0)
+			return r;
+		pthread_mutex_lock(&e->lock);
+		for (pa = &e->attached; *pa; pa = &(*pa)->next)
+			if (*pa == a) {
+				*pa = a->next;
+				break;
+			}
+		pthread_mutex_unlock(&e->lock);
+		free(a);
+	}
+	return set_disk_status(e, id, "Available");
+}
+
+static int collect_in_use(const struct disk_row *d, void *opaque)
+{
+	struct list_ctx *c = opaque;
+
+	return strcmp(d->info.status, "In_use") == 0 ? collect_disk(d, c) : 0;
+}
+
+/* At open: disks that were attached when dsnap stopped are cleaned up and
+ * attached again (their loop device number may differ). */
+static void reattach_all(struct ds_engine *e)
+{
+	struct list_ctx c = {0};
+	struct disk_row *d = malloc(sizeof(*d));
+
+	if (!d)
+		return;
+	pthread_mutex_lock(&e->lock);
+	catalog_disk_each(e->cat, collect_in_use, &c);
+	pthread_mutex_unlock(&e->lock);
+	for (size_t i = 0; i < c.n; i++) {
+		char dev[32];
+		int r = -ENOENT;
+		pthread_mutex_lock(&e->lock);
+		if (catalog_disk_get(e->cat, c.ids[i], d) == 0)
+			r = 0;
+		pthread_mutex_unlock(&e->lock);
+		if (r == 0)
+			r = attach_one(e, d, dev);
+		if (r < 0) {
+			log_warn("engine: disk %s was attached when dsnap stopped and cannot be "
+				 "attached again (%s); it is Available", c.ids[i], strerror(-r));
+			set_disk_status(e, c.ids[i], "Available");
+		}
+	}
+	free(c.ids);
+	free(d);
+}
+
+int ds_fuse_uring_enable(bool on)
+{
+	return frontend_enable_uring(on);
 }

@@ -38,6 +38,7 @@ struct ds_engine;
 struct ds_engine_options {
 	uint32_t chunk_size;      /* for a new store; 0 = default */
 	int max_copies_per_disk;  /* snapshots of one disk created at once; 0 = 1 */
+	int fuse_transport;       /* attached disks: 0 auto, 1 io_uring only, 2 /dev/fuse */
 };
 
 /*
@@ -52,6 +53,8 @@ DS_EXPORT void ds_engine_close(struct ds_engine *e);
  * step of a shutdown, so nothing waits for a copy to end. */
 DS_EXPORT void ds_engine_cancel_copies(struct ds_engine *e);
 DS_EXPORT struct ds_store *ds_engine_store(struct ds_engine *e);
+/* Snapshots of one disk that may be created at once. */
+DS_EXPORT int ds_engine_max_copies(const struct ds_engine *e);
 
 enum ds_disk_kind { DS_DISK_FILE = 0, DS_DISK_LOOP = 1, DS_DISK_BLOCK = 2 };
 
@@ -72,6 +75,8 @@ struct ds_disk_info {
 	bool owned;             /* an image file dsnap created (deleted with the disk) */
 	bool locked;            /* administrator lock: every operation refused */
 	bool present;           /* found on the host just now (path is current) */
+	char device[32];        /* when attached: the loop device users open */
+	char transport[16];     /* when attached: "io_uring" or "/dev/fuse" */
 };
 
 /*
@@ -97,6 +102,19 @@ DS_EXPORT int ds_disk_list(struct ds_engine *e, ds_disk_fn fn, void *opaque);
 DS_EXPORT int ds_disk_delete(struct ds_engine *e, const char *id);
 DS_EXPORT int ds_disk_set_locked(struct ds_engine *e, const char *id, bool locked);
 
+/*
+ * Attaches a disk: dsnapd serves it through its own FUSE server and a loop
+ * device with direct I/O (device_out: "/dev/loopN"); the disk is In_use
+ * and every read and write passes through dsnapd. Root only (-EPERM).
+ * -EBUSY when it is not Available (attached, being reset or snapshotted).
+ */
+DS_EXPORT int ds_disk_attach(struct ds_engine *e, const char *id, char device_out[32]);
+/* Turns FUSE over io_uring on in the kernel (/sys/module/fuse/parameters/
+ * enable_uring); root only. Disks attached afterwards may use it. */
+DS_EXPORT int ds_fuse_uring_enable(bool on);
+/* Detaches; -EBUSY while the device is mounted or held open exclusively,
+ * -EINVAL when it is not attached. */
+DS_EXPORT int ds_disk_detach(struct ds_engine *e, const char *id);
 
 #define DS_MAX_TAGS 20
 
@@ -157,6 +175,8 @@ DS_EXPORT int ds_snapshot_create(struct ds_engine *e, const char *disk_id,
  * else the copy's error. */
 DS_EXPORT int ds_snapshot_wait(struct ds_engine *e, const char *id);
 DS_EXPORT int ds_snapshot_get(struct ds_engine *e, const char *id, struct ds_snapshot_info *info);
+/* Calls fn for each snapshot (of disk_id, or all) in creation order; fn runs
+ * with the engine locked and must not call the engine. */
 typedef int (*ds_snapshot_fn)(const struct ds_snapshot_info *s, void *opaque);
 DS_EXPORT int ds_snapshot_list(struct ds_engine *e, const char *disk_id, ds_snapshot_fn fn,
 			       void *opaque);
