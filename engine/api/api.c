@@ -29,17 +29,6 @@ static const char *const common_params[] = {
 
 /* ---- form parsing ---------------------------------------------------------- */
 
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 /* Decodes [s, s+len) into a new NUL-terminated string; *out_len excludes
  * the NUL. NULL on a malformed escape (or no memory: *bad says which). */
 static char *url_decode(const char *s, size_t len, size_t *out_len, bool *bad)

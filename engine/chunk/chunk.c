@@ -6,6 +6,7 @@
 #include <xxhash.h>
 
 #include "chunk/chunk.h"
+#include "util/util.h"
 
 bool ds_chunk_id_is_zero(const ds_chunk_id *id)
 {
@@ -23,17 +24,6 @@ void ds_chunk_id_to_hex(const ds_chunk_id *id, char out[DS_CHUNK_ID_HEX])
 		out[2 * i + 1] = digits[id->b[i] & 15];
 	}
 	out[2 * DS_CHUNK_ID_SIZE] = '\0';
-}
-
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
 }
 
 int ds_chunk_id_from_hex(const char *hex, ds_chunk_id *id)

@@ -348,13 +348,18 @@ int ds_disk_register(struct ds_engine *e, const char *path, const char *name,
 	return r;
 }
 
-int ds_disk_create(struct ds_engine *e, uint64_t size, const char *name, char id_out[DS_ID_SIZE])
+/*
+ * A new image disk in STATE/disks/: made with O_EXCL, filled by fill(fd),
+ * probed and recorded as owned by dsnap; removed again on any failure.
+ */
+static int new_image_disk(struct ds_engine *e, const char *name, int (*fill)(int fd, void *ctx),
+			  void *ctx, char id_out[DS_ID_SIZE])
 {
 	char id[DS_ID_SIZE], rel[64], path[DS_PATH_MAX + 64];
-	struct disk_row *d;
+	struct disk_row *d = NULL;
 	int fd, r;
 
-	if (size == 0 || size > (uint64_t)INT64_MAX || (name && strlen(name) >= DS_NAME_MAX))
+	if (name && strlen(name) >= DS_NAME_MAX)
 		return -EINVAL;
 	r = disk_new_id("d-", id);
 	if (r < 0)
@@ -366,62 +371,9 @@ int ds_disk_create(struct ds_engine *e, uint64_t size, const char *name, char id
 	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
 	if (fd < 0)
 		return -errno;
-	r = ftruncate(fd, (off_t)size) < 0 ? -errno : 0;
+	r = fill(fd, ctx);
 	if (r == 0 && fsync(fd) < 0)
 		r = -errno;
-	close(fd);
-	d = calloc(1, sizeof(*d));
-	if (r == 0 && !d)
-		r = -ENOMEM;
-	if (r == 0)
-		r = disk_probe(path, d);
-	if (r == 0) {
-		snprintf(d->info.id, sizeof(d->info.id), "%s", id);
-		if (name && *name)
-			snprintf(d->info.name, sizeof(d->info.name), "%s", name);
-		else
-			snprintf(d->info.name, sizeof(d->info.name), "%s", id);
-		d->info.owned = true;
-		d->info.created = now_s();
-		pthread_mutex_lock(&e->lock);
-		r = catalog_disk_insert(e->cat, d);
-		pthread_mutex_unlock(&e->lock);
-	}
-	if (r < 0)
-		unlink(path);
-	else
-		snprintf(id_out, DS_ID_SIZE, "%s", id);
-	free(d);
-	return r;
-}
-
-static int snapshot_root(struct ds_engine *e, const char *id, struct ds_snapshot_info *s);
-
-int ds_disk_create_from_snapshot(struct ds_engine *e, const char *snapshot_id, const char *name,
-				 char id_out[DS_ID_SIZE])
-{
-	char id[DS_ID_SIZE], rel[64], path[DS_PATH_MAX + 64];
-	struct ds_snapshot_info s;
-	struct disk_row *d = NULL;
-	int fd, r;
-
-	if (name && strlen(name) >= DS_NAME_MAX)
-		return -EINVAL;
-	r = snapshot_root(e, snapshot_id, &s);
-	if (r == 0)
-		r = disk_new_id("d-", id);
-	if (r < 0)
-		return r;
-	snprintf(rel, sizeof(rel), "disks/%s.img", id);
-	r = path_in(e, rel, path, sizeof(path));
-	if (r < 0)
-		return r;
-	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
-	if (fd < 0)
-		return -errno;
-	pthread_rwlock_rdlock(&e->gc_lock);
-	r = ds_image_restore(e->store, &s.manifest, fd, NULL, NULL);
-	pthread_rwlock_unlock(&e->gc_lock);
 	close(fd);
 	d = r == 0 ? calloc(1, sizeof(*d)) : NULL;
 	if (r == 0 && !d)
@@ -443,6 +395,46 @@ int ds_disk_create_from_snapshot(struct ds_engine *e, const char *snapshot_id, c
 		snprintf(id_out, DS_ID_SIZE, "%s", id);
 	free(d);
 	return r;
+}
+
+static int fill_sparse(int fd, void *ctx)
+{
+	return ftruncate(fd, (off_t)*(uint64_t *)ctx) < 0 ? -errno : 0;
+}
+
+int ds_disk_create(struct ds_engine *e, uint64_t size, const char *name, char id_out[DS_ID_SIZE])
+{
+	if (size == 0 || size > (uint64_t)INT64_MAX)
+		return -EINVAL;
+	return new_image_disk(e, name, fill_sparse, &size, id_out);
+}
+
+static int snapshot_root(struct ds_engine *e, const char *id, struct ds_snapshot_info *s);
+
+struct fill_snapshot_ctx {
+	struct ds_engine *e;
+	const ds_chunk_id *root;
+};
+
+static int fill_snapshot(int fd, void *ctx)
+{
+	struct fill_snapshot_ctx *c = ctx;
+	int r;
+
+	pthread_rwlock_rdlock(&c->e->gc_lock);
+	r = ds_image_restore(c->e->store, c->root, fd, NULL, NULL);
+	pthread_rwlock_unlock(&c->e->gc_lock);
+	return r;
+}
+
+int ds_disk_create_from_snapshot(struct ds_engine *e, const char *snapshot_id, const char *name,
+				 char id_out[DS_ID_SIZE])
+{
+	struct ds_snapshot_info s;
+	struct fill_snapshot_ctx c = {e, &s.manifest};
+	int r = snapshot_root(e, snapshot_id, &s);
+
+	return r < 0 ? r : new_image_disk(e, name, fill_snapshot, &c, id_out);
 }
 
 /* Loads a disk row (under the lock), re-finds the disk on the host (outside
