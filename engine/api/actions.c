@@ -430,6 +430,58 @@ static int snap_match(const struct ds_snapshot_info *s, void *opaque)
 	return 0;
 }
 
+static int by_creation(const void *a, const void *b)
+{
+	const struct ds_snapshot_info *x = *(const struct ds_snapshot_info *const *)a,
+				      *y = *(const struct ds_snapshot_info *const *)b;
+
+	return x->created != y->created ? (x->created < y->created ? -1 : 1) : strcmp(x->id, y->id);
+}
+
+/*
+ * SnapshotIds given (at most 100): each is looked up by id rather than
+ * every snapshot being walked (how clients poll one snapshot); the others
+ * filters apply as in a list, in creation order.
+ */
+static int snapshots_by_id(struct req *q, struct snap_filter *f, const char *disk_id)
+{
+	struct ds_snapshot_info **v = calloc(f->nids ? f->nids : 1, sizeof(*v));
+	size_t n = 0;
+	int r = v ? 0 : -ENOMEM;
+
+	for (size_t i = 0; r == 0 && i < f->nids; i++) {
+		bool dup = false;
+		for (size_t k = 0; k < i && !dup; k++)
+			dup = strcmp(f->ids[k], f->ids[i]) == 0;
+		if (dup)
+			continue;
+		v[n] = malloc(sizeof(*v[n]));
+		if (!v[n]) {
+			r = -ENOMEM;
+			break;
+		}
+		r = ds_snapshot_get(q->a->e, f->ids[i], v[n]);
+		if (r == -ENOENT || (r == 0 && disk_id && *disk_id && strcmp(v[n]->disk_id, disk_id))) {
+			free(v[n]);
+			r = 0;
+			continue;
+		}
+		if (r == 0)
+			n++;
+		else
+			free(v[n]);
+	}
+	if (r == 0)
+		qsort(v, n, sizeof(*v), by_creation);
+	for (size_t i = 0; i < n; i++) {
+		if (r == 0)
+			r = snap_match(v[i], f);
+		free(v[i]);
+	}
+	free(v);
+	return r;
+}
+
 /* MaxResults and NextToken: the token is the offset of the next entry. */
 static int paging(struct req *q, size_t *offset, size_t *max)
 {
@@ -517,8 +569,12 @@ static int describe_snapshots(struct req *q)
 	f.list = json_object_new_array();
 	f.offset = offset;
 	f.max = max;
-	r = f.list ? ds_snapshot_list(q->a->e, disk_id && *disk_id ? disk_id : NULL, snap_match, &f)
-		   : -ENOMEM;
+	if (f.list && f.ids)
+		r = snapshots_by_id(q, &f, disk_id);
+	else
+		r = f.list ? ds_snapshot_list(q->a->e, disk_id && *disk_id ? disk_id : NULL,
+					      snap_match, &f)
+			   : -ENOMEM;
 	free_id_array(f.ids, f.nids);
 	if (r < 0) {
 		json_object_put(f.list);

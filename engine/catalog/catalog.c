@@ -107,11 +107,17 @@ void catalog_rollback(struct catalog *c)
 		index_exec(c->db, "ROLLBACK");
 }
 
+/* A text column into dst, cut to size - 1 bytes (lists copy many). */
 static void copy_text(char *dst, size_t size, sqlite3_stmt *st, int col)
 {
 	const unsigned char *t = sqlite3_column_text(st, col);
+	size_t n = t ? (size_t)sqlite3_column_bytes(st, col) : 0;
 
-	snprintf(dst, size, "%s", t ? (const char *)t : "");
+	if (n >= size)
+		n = size - 1;
+	if (n)
+		memcpy(dst, t, n);
+	dst[n] = '\0';
 }
 
 /* Runs a prepared statement to completion; 0 or -errno. */
