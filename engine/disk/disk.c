@@ -439,8 +439,11 @@ int disk_open_for_restore(const struct disk_row *d, int *fd_out)
 		return -ENODEV;
 	}
 	/* A write lease is granted only while nobody else has the file open
-	 * (a loop device over it, a program reading it): then nobody sees
-	 * the disk half restored. */
+	 * (a loop device over it, a program reading it), so a reset never
+	 * starts under someone's feet. The lease is not polled during the
+	 * restore: a program opening the image meanwhile waits up to the
+	 * kernel's lease-break-time (45 s by default) and then sees it half
+	 * restored. Attach a disk to keep it in use while it is reset. */
 	r = take_lease(fd, F_WRLCK);
 	if (r < 0) {
 		close(fd);
