@@ -89,6 +89,7 @@ struct ds_engine {
 
 static void reattach_all(struct ds_engine *e);
 static int set_disk_status(struct ds_engine *e, const char *id, const char *status);
+static int disk_update(struct ds_engine *e, const char *id, const char *status, int locked);
 
 static int64_t now_s(void)
 {
@@ -575,20 +576,7 @@ int ds_disk_delete(struct ds_engine *e, const char *id)
 
 int ds_disk_set_locked(struct ds_engine *e, const char *id, bool locked)
 {
-	struct disk_row *d = malloc(sizeof(*d));
-	int r;
-
-	if (!d)
-		return -ENOMEM;
-	pthread_mutex_lock(&e->lock);
-	r = catalog_disk_get(e->cat, id, d);
-	if (r == 0) {
-		d->info.locked = locked;
-		r = catalog_disk_update(e->cat, d);
-	}
-	pthread_mutex_unlock(&e->lock);
-	free(d);
-	return r;
+	return disk_update(e, id, NULL, locked);
 }
 
 /* ---- snapshots --------------------------------------------------------------- */
@@ -955,20 +943,7 @@ int ds_snapshot_export(struct ds_engine *e, const char *id, const char *path)
 
 static int set_disk_status(struct ds_engine *e, const char *id, const char *status)
 {
-	struct disk_row *d = malloc(sizeof(*d));
-	int r;
-
-	if (!d)
-		return -ENOMEM;
-	pthread_mutex_lock(&e->lock);
-	r = catalog_disk_get(e->cat, id, d);
-	if (r == 0) {
-		snprintf(d->info.status, sizeof(d->info.status), "%s", status);
-		r = catalog_disk_update(e->cat, d);
-	}
-	pthread_mutex_unlock(&e->lock);
-	free(d);
-	return r;
+	return disk_update(e, id, status, -1);
 }
 
 int ds_disk_reset(struct ds_engine *e, const char *disk_id, const char *snapshot_id)
@@ -1401,4 +1376,26 @@ static void reattach_all(struct ds_engine *e)
 int ds_fuse_uring_enable(bool on)
 {
 	return frontend_enable_uring(on);
+}
+
+/* Changes a disk's status (NULL: keep) and lock flag (-1: keep) in the catalog. */
+static int disk_update(struct ds_engine *e, const char *id, const char *status, int locked)
+{
+	struct disk_row *d = malloc(sizeof(*d));
+	int r;
+
+	if (!d)
+		return -ENOMEM;
+	pthread_mutex_lock(&e->lock);
+	r = catalog_disk_get(e->cat, id, d);
+	if (r == 0) {
+		if (status)
+			snprintf(d->info.status, sizeof(d->info.status), "%s", status);
+		if (locked >= 0)
+			d->info.locked = locked;
+		r = catalog_disk_update(e->cat, d);
+	}
+	pthread_mutex_unlock(&e->lock);
+	free(d);
+	return r;
 }
