@@ -61,6 +61,7 @@ struct config {
 	double throttle_rate, throttle_burst;
 	bool throttle_root;
 	int max_copies_per_disk;
+	int copy_max_rate; /* MiB/s, 0: unlimited */
 	uint32_t chunk_size;
 	char clock_file[PATH_MAX];
 	int fuse_uring; /* 0 auto, 1 on, 2 off */
@@ -159,6 +160,11 @@ static int set_key(const char *key, const char *val, const char *where)
 			cfg.maintenance_interval = (int)v;
 		else
 			cfg.chunk_size = (uint32_t)v;
+	} else if (strcmp(key, "copy_max_rate") == 0) {
+		long v = strtol(val, &end, 10);
+		if (*end || v < 0 || v > 1024 * 1024)
+			goto bad;
+		cfg.copy_max_rate = (int)v;
 	} else if (strcmp(key, "fuse_uring") == 0) {
 		if (strcmp(val, "auto") == 0)
 			cfg.fuse_uring = 0;
@@ -626,6 +632,7 @@ int main(int argc, char **argv)
 	eo.fuse_transport = cfg.fuse_uring;
 	eo.chunk_size = cfg.chunk_size;
 	eo.max_copies_per_disk = cfg.max_copies_per_disk;
+	eo.copy_max_rate = (uint64_t)cfg.copy_max_rate << 20;
 	r = ds_engine_open(cfg.state, &eo, &engine);
 	if (r < 0) {
 		logf_("cannot open state folder %s: %s", cfg.state, strerror(-r));

@@ -14,6 +14,7 @@ PACKAGES=(
 	btrfs-progs                               # integration tests: reflinked images, read errors
 	clang libclang-rt-14-dev                   # tests/fuzz: libFuzzer, ASan, UBSan (DSNAP_FUZZ)
 	python3 curl                              # API tests (tests/api): dsnapd over its socket
+	fio                                       # live-disk tests (verify) and benchmarks
 )
 
 missing=()

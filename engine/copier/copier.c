@@ -22,8 +22,10 @@
  */
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include <liburing.h>
 
@@ -51,8 +53,14 @@ struct slab {
 	int err;
 	struct op *ops;
 	unsigned nops;
-	bool *want; /* want[i - first]: chunk i is read (backup) or written (restore) */
+	/* want[i - first]: chunk i is read (backup) or written (restore);
+	 * WANT_AUDIT: read to check that it still matches the previous
+	 * snapshot's id */
+	uint8_t *want;
+	int ioprio;
 };
+
+enum { WANT_NO = 0, WANT_YES = 1, WANT_AUDIT = 2 };
 
 struct copier {
 	struct copier_job *j;
@@ -61,6 +69,7 @@ struct copier {
 	atomic_uint_fast64_t next_slab;
 	atomic_int err;
 	pthread_mutex_t progress_lock;
+	struct timespec t0;
 };
 
 struct worker {
@@ -107,6 +116,7 @@ static bool claim(struct copier *c, struct slab *sl)
 	sl->pending = 0;
 	sl->err = 0;
 	sl->nops = 0;
+	sl->ioprio = c->j->ioprio ? atomic_load(c->j->ioprio) : 0;
 	return true;
 }
 
@@ -123,6 +133,24 @@ static void progress(struct copier *c, const struct slab *sl)
 	pthread_mutex_lock(&c->progress_lock);
 	j->progress(done, j->m->disk_size, j->opaque);
 	pthread_mutex_unlock(&c->progress_lock);
+}
+
+/* With a rate limit, a worker that is ahead of it sleeps. */
+static void pace(struct copier *c)
+{
+	struct timespec now, ts;
+	double ahead;
+
+	if (!c->j->max_rate)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	ahead = (double)atomic_load(&c->j->bytes_done) / (double)c->j->max_rate -
+		((double)(now.tv_sec - c->t0.tv_sec) + (double)(now.tv_nsec - c->t0.tv_nsec) / 1e9);
+	if (ahead <= 0)
+		return;
+	ts.tv_sec = (time_t)ahead;
+	ts.tv_nsec = (long)((ahead - (double)ts.tv_sec) * 1e9);
+	nanosleep(&ts, NULL);
 }
 
 static int submit_op(struct worker *w, struct op *op)
@@ -148,6 +176,7 @@ static int submit_op(struct worker *w, struct op *op)
 		io_uring_prep_read_fixed(sqe, fd, p, op->len, op->off, sl->buf_index);
 	else
 		io_uring_prep_read(sqe, fd, p, op->len, op->off);
+	sqe->ioprio = (uint16_t)sl->ioprio;
 	io_uring_sqe_set_data(sqe, op);
 	return 0;
 }
@@ -259,18 +288,38 @@ static int queue_wanted(struct worker *w, struct slab *sl, bool write)
 	return r;
 }
 
+static bool unchanged(const struct copier_job *j, uint64_t i)
+{
+	return j->prev && j->changed && !((j->changed[i / 64] >> (i % 64)) & 1);
+}
+
 static int backup_submit(struct worker *w, struct slab *sl)
 {
 	struct copier_job *j = w->c->j;
 
 	for (uint64_t k = 0; k < sl->n; k++) {
 		uint64_t i = sl->first + k;
+		if (unchanged(j, i)) {
+			/* The previous snapshot's chunk; now and then read anyway. */
+			j->m->ids[i] = j->prev->ids[i];
+			sl->want[k] = j->audit_every && (i + j->audit_seed) % j->audit_every == 0
+					      ? WANT_AUDIT : WANT_NO;
+			continue;
+		}
 		sl->want[k] = !(j->seek_holes &&
 				range_is_hole(j->fd, i * j->m->chunk_size, chunk_len(j->m, i)));
 		if (!sl->want[k])
 			memset(&j->m->ids[i], 0, sizeof(j->m->ids[i]));
 	}
 	return queue_wanted(w, sl, false);
+}
+
+/* An audited chunk: does what was read still match the previous id? */
+static void audit(struct copier_job *j, uint64_t i, const ds_chunk_id *id)
+{
+	atomic_fetch_add(&j->audited, 1);
+	if (memcmp(id, &j->prev->ids[i], sizeof(*id)) != 0)
+		atomic_fetch_add(&j->audit_mismatch, 1);
 }
 
 /* Hashes, compresses and stores the chunks a slab read. */
@@ -300,6 +349,8 @@ static int backup_store(struct worker *w, struct slab *sl, struct ds_chunk *batc
 	for (uint64_t k = 0; k < sl->n; k++) {
 		if (!sl->want[k])
 			continue;
+		if (sl->want[k] == WANT_AUDIT)
+			audit(j, sl->first + k, &batch[n].id);
 		j->m->ids[sl->first + k] = batch[n].id;
 		read += batch[n].len;
 		stored += batch[n].stored_len;
@@ -369,6 +420,7 @@ static int worker_init(struct worker *w, struct copier *c)
 			return -ENOMEM;
 		sl->ops = calloc(c->slab_chunks + bytes / OP_MAX + 2, sizeof(*sl->ops));
 		sl->want = calloc(c->slab_chunks, sizeof(*sl->want));
+		sl->ioprio = 0;
 		if (!sl->ops || !sl->want)
 			return -ENOMEM;
 		sl->buf_index = -1;
@@ -402,6 +454,10 @@ static void *backup_worker(void *arg)
 	bool have_cur, have_next;
 	int r = batch ? 0 : -ENOMEM;
 
+	if (c->j->idle_cpu) {
+		struct sched_param sp = {0};
+		pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
+	}
 	have_cur = r == 0 && claim(c, cur);
 	if (have_cur && (r = backup_submit(w, cur)) < 0)
 		cur->err = r;
@@ -411,6 +467,8 @@ static void *backup_worker(void *arg)
 			next->err = r;
 		reap(w, cur);
 		r = cur->err;
+		if (r == 0 && c->j->read_done)
+			c->j->read_done(c->j->opaque, cur->first, cur->n);
 		if (r == 0)
 			r = backup_store(w, cur, batch);
 		if (r == 0 && c->j->still_valid && !c->j->still_valid(c->j->opaque))
@@ -419,6 +477,8 @@ static void *backup_worker(void *arg)
 			set_err(c, r);
 		else
 			progress(c, cur);
+		if (r == 0)
+			pace(c);
 		if (r < 0 && have_next) {
 			reap(w, next); /* its buffer must be idle before it is freed */
 			have_next = false;
@@ -503,6 +563,7 @@ static int run(struct copier_job *j, void *(*fn)(void *))
 	if (!w)
 		return -ENOMEM;
 	pthread_mutex_init(&c.progress_lock, NULL);
+	clock_gettime(CLOCK_MONOTONIC, &c.t0);
 	for (unsigned i = 0; i < n && r == 0; i++) {
 		r = worker_init(&w[i], &c);
 		if (r == 0 && pthread_create(&t[i], NULL, fn, &w[i]) != 0)

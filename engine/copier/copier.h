@@ -30,11 +30,27 @@ struct copier_job {
 	bool (*still_valid)(void *opaque);
 	ds_progress_fn progress;   /* may be called from any worker, one at a time */
 	void *opaque;
+	/* backup: called once a slab's chunks [first, first + n) have been
+	 * read (before they are stored). May be NULL. */
+	void (*read_done)(void *opaque, uint64_t first, uint64_t n);
+	/* backup, incremental: chunks whose bit in changed is clear are not
+	 * read; they keep prev's ids. One unchanged chunk in audit_every is
+	 * read anyway and checked against prev (0: none). */
+	const struct ds_manifest *prev;
+	const uint64_t *changed;
+	unsigned audit_every, audit_seed; /* the seed varies which chunks */
+	/* I/O priority of the copier's reads and writes (an ioprio value, 0
+	 * for the default); read before every slab, so it can change. */
+	atomic_int *ioprio;
+	bool idle_cpu; /* workers run SCHED_IDLE */
+	uint64_t max_rate; /* bytes of the disk per second at most; 0 = no limit */
 
 	/* results */
 	atomic_uint_fast64_t bytes_read;   /* bytes read from the disk (holes excluded) */
 	atomic_uint_fast64_t bytes_stored; /* record bytes the copy added to the store */
 	atomic_uint_fast64_t bytes_done;   /* progress: disk bytes handled */
+	atomic_uint_fast64_t audited;      /* unchanged chunks read and checked */
+	atomic_uint_fast64_t audit_mismatch; /* of those, differing from prev */
 };
 
 /* Reads m->disk_size bytes of fd into the store, filling m->ids. */

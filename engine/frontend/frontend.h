@@ -22,13 +22,16 @@ enum frontend_transport {
 
 struct frontend;
 
+struct cow;
+
 /*
- * Serves the image file or block device at backing_path (size bytes) on a
- * FUSE mount at mountpoint (an empty folder) and attaches a loop device to
- * it. Root only. *out is yours (frontend_detach). -EOPNOTSUPP when
- * FRONTEND_URING was asked and the kernel does not offer it.
+ * Serves the disk behind the tracker cow (its backing, named name in the
+ * log) on a FUSE mount at mountpoint (an empty folder) and attaches a loop
+ * device to it. Root only. *out is yours (frontend_detach); cow must
+ * outlive it. -EOPNOTSUPP when FRONTEND_URING was asked and the kernel
+ * does not offer it.
  */
-int frontend_attach(const char *backing_path, const char *mountpoint,
+int frontend_attach(struct cow *cow, const char *name, const char *mountpoint,
 		    enum frontend_transport transport, struct frontend **out);
 
 /* The loop device users open ("/dev/loopN"). */

@@ -24,8 +24,14 @@
  *   Both call the same handlers. In io_uring mode one /dev/fuse thread
  *   still runs for FORGET and INTERRUPT, which never use the ring.
  *
- * Backing I/O goes to an O_DIRECT fd when offset, length and buffer are
- * 512-aligned (always, for the loop device), else to a buffered fd.
+ * Backing I/O goes through the copy-on-write tracker (engine/cow/): every
+ * read, write, fsync and discard enters its gate (a request that finds it
+ * closed is parked, and retried when the tracker wakes the queue through
+ * its eventfd), and each run of blocks goes where cow_route says: the
+ * base, or the overlay while a snapshot is being created. Writes that
+ * would leave part of an overlay block unfilled take the tracker's
+ * synchronous path. An O_DIRECT fd is used when offset, length and buffer
+ * are 512-aligned (always, for the loop device), else a buffered fd.
  *
  * dsnapd never keeps a file of its own mount open (the loop device holds
  * the only reference): a dying server would otherwise wait on itself
@@ -47,6 +53,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/uio.h>
@@ -57,6 +64,7 @@
 
 #include <liburing.h>
 
+#include "cow/cow.h"
 #include "frontend/frontend.h"
 #include "util/util.h"
 
@@ -104,7 +112,7 @@ _Static_assert(sizeof(struct fuse_init_out) == 64, "fuse_init_out is 64 bytes si
 
 struct frontend;
 
-enum tag_kind { TAG_CMD, TAG_IO };
+enum tag_kind { TAG_CMD, TAG_IO, TAG_WAKE };
 
 struct tag {
 	enum tag_kind kind;
@@ -116,6 +124,11 @@ struct bio {
 	void *buf;
 	uint32_t len, done;
 	uint64_t off;
+	/* the run being transferred: [run_start, run_end) of the request,
+	 * to the base or the overlay */
+	enum cow_where where;
+	uint32_t run_start, run_end;
+	bool retried; /* once, after the overlay filled up */
 };
 
 /* One request being answered, whatever the transport. */
@@ -129,6 +142,7 @@ struct freq {
 	uint32_t out_cap, out_len;
 	int error;
 	bool no_reply;
+	bool entered; /* inside the tracker's gate */
 	struct bio bio;
 };
 
@@ -140,6 +154,7 @@ struct entry {
 	struct iovec iov[2];
 	struct freq r;
 	bool live;
+	struct entry *parked_next;
 };
 
 struct queue {
@@ -150,6 +165,10 @@ struct queue {
 	struct entry *e;
 	pthread_t thread;
 	bool started;
+	int wake_fd; /* the tracker's gate opened: retry the parked requests */
+	uint64_t wake_buf;
+	struct tag wake_tag;
+	struct entry *parked;
 };
 
 struct frontend {
@@ -157,7 +176,7 @@ struct frontend {
 	char file[PATH_MAX + 8];
 	char loopdev[32];
 	int devfd;
-	int fd_direct, fd_buffered; /* the backing */
+	struct cow *cow;            /* the backing, through the tracker */
 	int file_fd;                /* our open of mnt/disk, given to the loop device */
 	uint64_t size;
 	bool mounted, uring;
@@ -296,7 +315,7 @@ static void do_read(struct freq *r)
 		r->error = -EINVAL;
 		return;
 	}
-	r->bio = (struct bio){BIO_READ, r->out, (uint32_t)len, 0, in.offset};
+	r->bio = (struct bio){.op = BIO_READ, .buf = r->out, .len = (uint32_t)len, .off = in.offset};
 }
 
 static void do_write(struct freq *r)
@@ -313,7 +332,7 @@ static void do_write(struct freq *r)
 		r->error = -ENOSPC;
 		return;
 	}
-	r->bio = (struct bio){BIO_WRITE, (void *)r->payload, in.size, 0, in.offset};
+	r->bio = (struct bio){.op = BIO_WRITE, .buf = (void *)r->payload, .len = in.size, .off = in.offset};
 }
 
 static void do_fallocate(struct freq *r)
@@ -327,8 +346,7 @@ static void do_fallocate(struct freq *r)
 		r->error = -EOPNOTSUPP;
 		return;
 	}
-	if (fallocate(r->f->fd_buffered, (int)in.mode, (off_t)in.offset, (off_t)in.length) < 0)
-		r->error = -errno;
+	r->error = cow_fallocate(r->f->cow, (int)in.mode, in.offset, in.length);
 }
 
 static void do_statfs(struct freq *r)
@@ -358,7 +376,7 @@ static void handle(struct freq *r)
 	case FUSE_READDIR: do_readdir(r); break;
 	case FUSE_READ: do_read(r); break;
 	case FUSE_WRITE: do_write(r); break;
-	case FUSE_FSYNC: r->bio = (struct bio){BIO_FSYNC, NULL, 0, 0, 0}; break;
+	case FUSE_FSYNC: r->bio = (struct bio){.op = BIO_FSYNC}; break;
 	case FUSE_FALLOCATE: do_fallocate(r); break;
 	case FUSE_STATFS: do_statfs(r); break;
 	case FUSE_FLUSH:
@@ -373,13 +391,25 @@ static void handle(struct freq *r)
 	}
 }
 
-/* The fd for a backing transfer: O_DIRECT when everything is aligned. */
+/* Requests that touch the disk's data pass the tracker's gate. */
+static bool gated(uint32_t opcode)
+{
+	return opcode == FUSE_READ || opcode == FUSE_WRITE || opcode == FUSE_FSYNC ||
+	       opcode == FUSE_FALLOCATE;
+}
+
+/* The fd for the current run: O_DIRECT when everything is aligned. */
 static int bio_fd(const struct frontend *f, const struct bio *b)
 {
-	bool aligned = ((b->off + b->done) | (b->len - b->done) |
+	bool aligned = ((b->off + b->done) | (b->run_end - b->done) |
 			(uintptr_t)((uint8_t *)b->buf + b->done)) % 512 == 0;
+	int fd = -1;
 
-	return aligned && f->fd_direct >= 0 ? f->fd_direct : f->fd_buffered;
+	if (aligned)
+		fd = b->where == COW_OVERLAY ? cow_overlay_fd(f->cow, true) : cow_base_fd(f->cow, true);
+	if (fd < 0)
+		fd = b->where == COW_OVERLAY ? cow_overlay_fd(f->cow, false) : cow_base_fd(f->cow, false);
+	return fd;
 }
 
 /* Turns a finished backing transfer (res = bytes or -errno) into the reply. */
@@ -399,27 +429,24 @@ static void bio_finish(struct freq *r, int res)
 	}
 }
 
-/* Synchronous backing I/O, for the /dev/fuse transport. */
+/* Flush: the base, and the overlay where redirected writes are. */
+static int sync_all(struct frontend *f)
+{
+	if (fdatasync(cow_base_fd(f->cow, false)) < 0)
+		return -errno;
+	return cow_sync_overlay(f->cow);
+}
+
+/* Synchronous backing I/O through the tracker, for the /dev/fuse transport. */
 static int bio_sync(struct frontend *f, struct bio *b)
 {
-	while (b->op != BIO_FSYNC && b->done < b->len) {
-		int fd = bio_fd(f, b);
-		ssize_t n = b->op == BIO_READ
-				    ? pread(fd, (uint8_t *)b->buf + b->done, b->len - b->done,
-					    (off_t)(b->off + b->done))
-				    : pwrite(fd, (uint8_t *)b->buf + b->done, b->len - b->done,
-					     (off_t)(b->off + b->done));
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		if (n == 0)
-			break; /* end of the backing: a short read */
-		b->done += (uint32_t)n;
-	}
+	ssize_t n;
+
 	if (b->op == BIO_FSYNC)
-		return fdatasync(f->fd_buffered) < 0 ? -errno : 0;
-	return (int)b->done;
+		return sync_all(f);
+	n = b->op == BIO_READ ? cow_pread(f->cow, b->buf, b->len, b->off)
+			      : cow_pwrite(f->cow, b->buf, b->len, b->off);
+	return n < 0 ? (int)n : (int)n;
 }
 
 /* ---- the /dev/fuse transport ------------------------------------------------------ */
@@ -478,11 +505,16 @@ static void *dev_thread(void *arg)
 		r.payload_len = (uint32_t)((size_t)n - sizeof(r.in) - asz);
 		r.out = buf + HDR_ROOM;
 		r.out_cap = MAX_WRITE;
+		r.entered = gated(r.in.opcode);
+		while (r.entered && !cow_enter(f->cow))
+			cow_wait_open(f->cow);
 		handle(&r);
-		if (r.no_reply)
-			continue;
 		if (r.bio.op != BIO_NONE && r.error == 0)
 			bio_finish(&r, bio_sync(f, &r.bio));
+		if (r.entered)
+			cow_leave(f->cow);
+		if (r.no_reply)
+			continue;
 		oh = (struct fuse_out_header *)(buf + HDR_ROOM - sizeof(*oh));
 		oh->len = (uint32_t)sizeof(*oh) + (r.error ? 0 : r.out_len);
 		oh->error = r.error;
@@ -564,6 +596,10 @@ static void commit(struct queue *q, struct entry *e)
 {
 	struct fuse_out_header *oh = (struct fuse_out_header *)e->hdr->in_out;
 
+	if (e->r.entered) {
+		e->r.entered = false;
+		cow_leave(q->f->cow);
+	}
 	oh->len = (uint32_t)sizeof(*oh) + (e->r.error ? 0 : e->r.out_len);
 	oh->error = e->r.error;
 	oh->unique = e->r.in.unique;
@@ -573,22 +609,39 @@ static void commit(struct queue *q, struct entry *e)
 
 static void submit_bio(struct queue *q, struct entry *e)
 {
-	struct io_uring_sqe *sqe = get_sqe(q);
 	struct bio *b = &e->r.bio;
+	struct cow *cow = q->f->cow;
+	struct io_uring_sqe *sqe;
 
+	/* A write that would leave part of an overlay block unfilled: the
+	 * tracker's synchronous path (rare: the loop device writes whole
+	 * blocks unless a tool writes single sectors). */
+	if (b->op == BIO_WRITE && b->done == 0 && cow_write_needs_fill(cow, b->off, b->len)) {
+		ssize_t n = cow_pwrite(cow, b->buf, b->len, b->off);
+		bio_finish(&e->r, n < 0 ? (int)n : (int)n);
+		commit(q, e);
+		return;
+	}
+	if (b->op != BIO_FSYNC && b->done == b->run_end) {
+		uint32_t run;
+		b->where = cow_route(cow, b->op == BIO_WRITE, b->off + b->done, b->len - b->done, &run);
+		b->run_start = b->done;
+		b->run_end = b->done + run;
+	}
+	sqe = get_sqe(q);
 	if (!sqe) {
 		bio_finish(&e->r, -EBUSY);
 		commit(q, e);
 		return;
 	}
 	if (b->op == BIO_FSYNC)
-		io_uring_prep_fsync(sqe, q->f->fd_buffered, IORING_FSYNC_DATASYNC);
+		io_uring_prep_fsync(sqe, cow_base_fd(cow, false), IORING_FSYNC_DATASYNC);
 	else if (b->op == BIO_READ)
 		io_uring_prep_read(sqe, bio_fd(q->f, b), (uint8_t *)b->buf + b->done,
-				   b->len - b->done, b->off + b->done);
+				   b->run_end - b->done, b->off + b->done);
 	else
 		io_uring_prep_write(sqe, bio_fd(q->f, b), (uint8_t *)b->buf + b->done,
-				    b->len - b->done, b->off + b->done);
+				    b->run_end - b->done, b->off + b->done);
 	io_uring_sqe_set_data(sqe, &e->io_tag);
 }
 
@@ -604,11 +657,50 @@ static void on_request(struct queue *q, struct entry *e)
 	r->payload_len = e->hdr->ent.payload_sz;
 	r->out = e->payload;
 	r->out_cap = MAX_WRITE;
+	r->entered = false;
+	if (gated(r->in.opcode)) {
+		if (!cow_enter(q->f->cow)) {
+			/* The tracker holds I/O for a moment: park it. */
+			e->parked_next = q->parked;
+			q->parked = e;
+			return;
+		}
+		r->entered = true;
+	}
 	handle(r);
+	r->bio.done = r->bio.run_start = r->bio.run_end = 0;
+	r->bio.retried = false;
 	if (r->bio.op != BIO_NONE && r->error == 0)
 		submit_bio(q, e);
 	else
 		commit(q, e);
+}
+
+/* The tracker's gate opened: the parked requests go again. */
+static void on_wake(struct queue *q)
+{
+	struct entry *e = q->parked;
+	struct io_uring_sqe *sqe = get_sqe(q);
+
+	if (sqe) {
+		io_uring_prep_read(sqe, q->wake_fd, &q->wake_buf, sizeof(q->wake_buf), 0);
+		io_uring_sqe_set_data(sqe, &q->wake_tag);
+	}
+	q->parked = NULL;
+	while (e) {
+		struct entry *next = e->parked_next;
+		on_request(q, e);
+		e = next;
+	}
+}
+
+static void wake_queues(void *arg)
+{
+	struct frontend *f = arg;
+
+	for (int i = 0; f->q && i < f->nq; i++)
+		if (f->q[i].wake_fd >= 0)
+			eventfd_write(f->q[i].wake_fd, 1);
 }
 
 static void on_bio(struct queue *q, struct entry *e, int res)
@@ -619,13 +711,26 @@ static void on_bio(struct queue *q, struct entry *e, int res)
 		submit_bio(q, e);
 		return;
 	}
+	if (res < 0 && b->op == BIO_WRITE && b->where == COW_OVERLAY && !b->retried &&
+	    cow_overlay_error(q->f->cow, res)) {
+		/* The overlay is full: the snapshot fails, the write goes on. */
+		b->retried = true;
+		b->run_end = b->done;
+		submit_bio(q, e);
+		return;
+	}
 	if (res > 0 && b->op != BIO_FSYNC) {
 		b->done += (uint32_t)res;
+		if (b->op == BIO_WRITE && b->done == b->run_end)
+			cow_written(q->f->cow, b->where, b->off + b->run_start,
+				    b->run_end - b->run_start);
 		if (b->done < b->len) {
-			submit_bio(q, e); /* short transfer: the rest */
+			submit_bio(q, e); /* the rest of the run, or the next run */
 			return;
 		}
 	}
+	if (res >= 0 && b->op == BIO_FSYNC)
+		res = cow_sync_overlay(q->f->cow);
 	bio_finish(&e->r, res < 0 ? res : b->op == BIO_FSYNC ? 0 : (int)b->done);
 	commit(q, e);
 }
@@ -643,6 +748,7 @@ static void *queue_thread(void *arg)
 		q->e[i].live = true;
 		submit_cmd(q, &q->e[i], FUSE_URING_CMD_REGISTER, 0);
 	}
+	on_wake(q); /* arms the read of wake_fd */
 	while (live > 0) {
 		struct io_uring_cqe *cqe;
 		unsigned head, seen = 0;
@@ -655,7 +761,9 @@ static void *queue_thread(void *arg)
 			seen++;
 			if (!t)
 				continue;
-			if (t->kind == TAG_IO) {
+			if (t->kind == TAG_WAKE) {
+				on_wake(q);
+			} else if (t->kind == TAG_IO) {
 				struct entry *e = (struct entry *)((uint8_t *)t -
 								   offsetof(struct entry, io_tag));
 				on_bio(q, e, res);
@@ -686,6 +794,8 @@ static int start_queues(struct frontend *f)
 	f->q = calloc((size_t)f->nq, sizeof(*f->q));
 	if (!f->q)
 		return -ENOMEM;
+	for (int i = 0; i < f->nq; i++)
+		f->q[i].wake_fd = -1;
 	for (int i = 0; i < f->nq; i++) {
 		struct queue *q = &f->q[i];
 		struct io_uring_params p = {0};
@@ -694,6 +804,10 @@ static int start_queues(struct frontend *f)
 
 		q->f = f;
 		q->qid = i;
+		q->wake_tag.kind = TAG_WAKE;
+		q->wake_fd = eventfd(0, EFD_CLOEXEC);
+		if (q->wake_fd < 0)
+			return -errno;
 		p.flags = IORING_SETUP_SQE128 | IORING_SETUP_CQSIZE;
 		p.cq_entries = URING_ENTRIES * 4;
 		r = io_uring_queue_init_params(URING_ENTRIES * 2, &q->ring, &p);
@@ -728,6 +842,8 @@ static void free_queues(struct frontend *f)
 		struct queue *q = &f->q[i];
 		if (q->ring_ok)
 			io_uring_queue_exit(&q->ring);
+		if (q->wake_fd >= 0)
+			close(q->wake_fd);
 		if (q->e) {
 			free(q->e[0].payload);
 			for (int k = 0; k < URING_ENTRIES; k++)
@@ -971,49 +1087,30 @@ static void teardown(struct frontend *f)
 		f->mounted = false;
 	}
 	stop_threads(f);
+	cow_set_wake(f->cow, NULL, NULL);
 	free_queues(f);
 	for (int i = 1; i < DEV_THREADS; i++)
 		if (f->dev_fds[i] > 0)
 			close(f->dev_fds[i]);
 	if (f->devfd >= 0)
 		close(f->devfd);
-	if (f->fd_direct >= 0)
-		close(f->fd_direct);
-	if (f->fd_buffered >= 0)
-		close(f->fd_buffered);
 	free(f);
 }
 
-int frontend_attach(const char *backing_path, const char *mountpoint,
+int frontend_attach(struct cow *cow, const char *name, const char *mountpoint,
 		    enum frontend_transport transport, struct frontend **out)
 {
 	struct frontend *f = calloc(1, sizeof(*f));
-	struct stat st;
 	bool uring = false;
 	int r;
 
 	if (!f)
 		return -ENOMEM;
-	f->devfd = f->fd_direct = f->fd_buffered = f->file_fd = -1;
+	f->devfd = f->file_fd = -1;
+	f->cow = cow;
+	f->size = cow_size(cow);
 	snprintf(f->mnt, sizeof(f->mnt), "%s", mountpoint);
 	snprintf(f->file, sizeof(f->file), "%s/disk", mountpoint);
-	f->fd_buffered = open(backing_path, O_RDWR | O_CLOEXEC);
-	if (f->fd_buffered < 0 || fstat(f->fd_buffered, &st) < 0) {
-		r = -errno;
-		goto err;
-	}
-	if (S_ISBLK(st.st_mode)) {
-		if (ioctl(f->fd_buffered, BLKGETSIZE64, &f->size) < 0) {
-			r = -errno;
-			goto err;
-		}
-	} else if (S_ISREG(st.st_mode)) {
-		f->size = (uint64_t)st.st_size;
-	} else {
-		r = -ENOTSUP;
-		goto err;
-	}
-	f->fd_direct = open(backing_path, O_RDWR | O_DIRECT | O_CLOEXEC); /* may fail: tmpfs */
 	f->nq = possible_cpus();
 	r = mount_fuse(f);
 	if (r == 0)
@@ -1028,6 +1125,8 @@ int frontend_attach(const char *backing_path, const char *mountpoint,
 		r = start_dev_threads(f, 1);
 		if (r == 0)
 			r = start_queues(f);
+		if (r == 0)
+			cow_set_wake(cow, wake_queues, f);
 	} else {
 		r = start_dev_threads(f, DEV_THREADS);
 	}
@@ -1037,7 +1136,7 @@ int frontend_attach(const char *backing_path, const char *mountpoint,
 		r = atomic_load(&f->register_err);
 	if (r < 0)
 		goto err;
-	log_info("frontend: %s served on %s over %s", backing_path, f->loopdev,
+	log_info("frontend: %s served on %s over %s", name, f->loopdev,
 		 frontend_transport_name(f));
 	*out = f;
 	return 0;

@@ -47,6 +47,7 @@
 
 #include "catalog/catalog.h"
 #include "copier/copier.h"
+#include "cow/cow.h"
 #include "disk/disk.h"
 #include "frontend/frontend.h"
 #include "util/util.h"
@@ -57,10 +58,17 @@ struct job {
 	char disk_id[DS_ID_SIZE];
 	struct disk_pit pit;
 	struct copier_job cj;
+	/* an attached disk: its tracker keeps the point in time */
+	struct cow *cow;
+	uint64_t *changed;         /* chunks changed since prev (cow_start) */
+	struct ds_manifest *prev;  /* the snapshot the bitmap counts from */
+	atomic_int ioprio;
+	struct timespec started;
 	atomic_bool cancel;
 	atomic_int progress;
 	pthread_t thread;
-	bool finished; /* the thread has recorded its result */
+	bool recorded; /* the copy's result is in the catalog */
+	bool finished; /* ... and the thread is done (a live disk's merge too) */
 	int err;       /* the copy's result, once finished */
 	struct job *next;
 };
@@ -68,9 +76,22 @@ struct job {
 /* A disk dsnapd serves (attached). */
 struct attached {
 	char disk_id[DS_ID_SIZE];
+	char path[DS_PATH_MAX];
 	struct frontend *f;
+	struct cow *cow;
+	/* changed-block tracking counts from this snapshot ("": none, read
+	 * everything next time) */
+	char cbt_since[DS_ID_SIZE];
+	int users; /* snapshot requests using cow: detaching waits */
 	struct attached *next;
 };
+
+/* The copier of a live disk runs at idle I/O priority, faster when it
+ * falls below this rate or the overlay grows past its limit. */
+#define COPY_MIN_RATE (32ull << 20)  /* bytes per second */
+#define OVERLAY_SOFT_LIMIT(size) MIN((size) / 4, 4ull << 30)
+#define IOPRIO_VALUE(class) ((class) << 13)
+#define AUDIT_EVERY 512 /* unchanged chunks: one in this many is read again */
 
 struct ds_engine {
 	char dir[DS_PATH_MAX];
@@ -82,14 +103,23 @@ struct ds_engine {
 	pthread_rwlock_t gc_lock;
 	struct job *jobs;
 	int max_copies; /* per disk */
+	uint64_t copy_max_rate;
 	bool stopping;  /* no new copies */
 	int fuse_transport;
 	struct attached *attached;
 };
 
 static void reattach_all(struct ds_engine *e);
+static void close_tracker(struct ds_engine *e, struct attached *a);
 static int set_disk_status(struct ds_engine *e, const char *id, const char *status);
 static int disk_update(struct ds_engine *e, const char *id, const char *status, int locked);
+
+/* STATE/sub/id: a disk's overlay ("overlay") or changed-block bitmap ("cbt"). */
+static void disk_file(const struct ds_engine *e, const char *sub, const char *id, char *out,
+		      size_t size)
+{
+	snprintf(out, size, "%s/%s/%s", e->dir, sub, id);
+}
 
 static int64_t now_s(void)
 {
@@ -123,6 +153,7 @@ int ds_engine_open(const char *state_dir, const struct ds_engine_options *opt,
 	snprintf(e->dir, sizeof(e->dir), "%s", state_dir);
 	e->lock_fd = -1;
 	e->max_copies = opt && opt->max_copies_per_disk > 0 ? opt->max_copies_per_disk : 1;
+	e->copy_max_rate = opt ? opt->copy_max_rate : 0;
 	e->fuse_transport = opt ? opt->fuse_transport : 0;
 	pthread_mutex_init(&e->lock, NULL);
 	pthread_cond_init(&e->changed, NULL);
@@ -212,11 +243,15 @@ void ds_engine_close(struct ds_engine *e)
 	while (e->attached) {
 		struct attached *a = e->attached;
 		e->attached = a->next;
-		if (frontend_detach(a->f, false) < 0)
+		if (frontend_detach(a->f, false) < 0) {
+			/* Its bitmap stays dirty (untrusted) and its overlay is
+			 * merged at the next start. */
 			log_warn("engine: disk %s is still mounted on %s; its I/O fails until dsnap "
 				 "starts again", a->disk_id, frontend_device(a->f));
-		else
-			log_info("engine: disk %s detached for the stop", a->disk_id);
+			continue;
+		}
+		close_tracker(e, a);
+		log_info("engine: disk %s detached for the stop", a->disk_id);
 		free(a);
 	}
 	ds_store_close(e->store);
@@ -251,8 +286,10 @@ static int jobs_for_disk(struct ds_engine *e, const char *disk_id)
 {
 	int n = 0;
 
+	/* A live disk's copy counts until it is recorded; its merge, which
+	 * may still run, is waited for by the next cow_start. */
 	for (struct job *j = e->jobs; j; j = j->next)
-		n += !j->finished && strcmp(j->disk_id, disk_id) == 0;
+		n += !j->recorded && strcmp(j->disk_id, disk_id) == 0;
 	return n;
 }
 
@@ -570,6 +607,13 @@ int ds_disk_delete(struct ds_engine *e, const char *id)
 	pthread_mutex_unlock(&e->lock);
 	if (r == 0 && d->info.owned && unlink(d->info.path) < 0 && errno != ENOENT)
 		log_warn("engine: cannot remove %s: %s", d->info.path, strerror(errno));
+	if (r == 0) {
+		char path[DS_PATH_MAX + 64];
+		disk_file(e, "overlay", id, path, sizeof(path));
+		unlink(path);
+		disk_file(e, "cbt", id, path, sizeof(path));
+		unlink(path);
+	}
 	free(d);
 	return r;
 }
@@ -592,7 +636,28 @@ static bool job_pit_intact(void *opaque)
 {
 	struct job *j = opaque;
 
-	return disk_pit_intact(&j->pit);
+	return j->cow ? !cow_failed(j->cow) : disk_pit_intact(&j->pit);
+}
+
+/* A live disk's slab was read: the tracker lets its writes through, and
+ * the copier's priority follows the overlay and its own rate. */
+static void job_read_done(void *opaque, uint64_t first, uint64_t n)
+{
+	struct job *j = opaque;
+	struct cow_stats st;
+	struct timespec now;
+	double secs;
+	uint64_t done = atomic_load(&j->cj.bytes_done);
+	bool fast;
+
+	cow_copied(j->cow, first, n);
+	cow_get_stats(j->cow, &st);
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	secs = (double)(now.tv_sec - j->started.tv_sec) +
+	       (double)(now.tv_nsec - j->started.tv_nsec) / 1e9;
+	fast = st.overlay_bytes > OVERLAY_SOFT_LIMIT(j->cj.m->disk_size) ||
+	       (secs > 2 && (double)done < secs * (double)COPY_MIN_RATE);
+	atomic_store(&j->ioprio, IOPRIO_VALUE(fast ? 2 : 3)); /* best effort : idle */
 }
 
 static const char *copy_error(int r)
@@ -602,6 +667,8 @@ static const char *copy_error(int r)
 		return "stopped: dsnap shut down during the copy";
 	case -ESTALE:
 		return "the image was opened for writing during the copy";
+	case -ENOBUFS:
+		return "the overlay could not grow: no space in the state folder";
 	case -ENOSPC:
 		return "the store is full";
 	case -EIO:
@@ -609,6 +676,42 @@ static const char *copy_error(int r)
 	default:
 		return strerror(-r);
 	}
+}
+
+/*
+ * The point in time of an attached disk: the tracker starts keeping it
+ * (cow_start); the copier reads the base. The snapshot the changed-block
+ * bitmap counts from, when there is one, makes this copy incremental.
+ */
+static int live_pit_take(struct ds_engine *e, struct attached *a, struct job *j)
+{
+	struct ds_snapshot_info *prev = NULL;
+	int r;
+
+	j->changed = calloc((size_t)(cow_nchunks(a->cow) + 63) / 64 + 1, sizeof(uint64_t));
+	if (!j->changed)
+		return -ENOMEM;
+	if (a->cbt_since[0] && (prev = malloc(sizeof(*prev))) &&
+	    snapshot_root(e, a->cbt_since, prev) == 0 &&
+	    ds_manifest_load(e->store, &prev->manifest, &j->prev) == 0 &&
+	    (j->prev->disk_size != cow_size(a->cow) ||
+	     j->prev->chunk_size != ds_store_chunk_size(e->store))) {
+		ds_manifest_free(j->prev);
+		j->prev = NULL;
+	}
+	free(prev);
+	j->pit.fd = open(a->path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+	if (j->pit.fd < 0)
+		j->pit.fd = open(a->path, O_RDONLY | O_CLOEXEC);
+	if (j->pit.fd < 0)
+		return errno == ENOENT ? -ENODEV : -errno;
+	j->pit.size = cow_size(a->cow);
+	r = cow_start(a->cow, j->changed);
+	if (r == -EBUSY)
+		return -EALREADY; /* the last snapshot's merge still runs */
+	if (r == 0)
+		j->cow = a->cow;
+	return r;
 }
 
 static void *copy_thread(void *arg)
@@ -620,11 +723,29 @@ static void *copy_thread(void *arg)
 	int r;
 
 	pthread_rwlock_rdlock(&e->gc_lock);
+	clock_gettime(CLOCK_MONOTONIC, &j->started);
 	r = copier_backup(&j->cj);
+	if (r == 0 && j->cj.prev && atomic_load(&j->cj.audit_mismatch)) {
+		/* An unchanged chunk changed: the bitmap cannot be trusted. The
+		 * tracker still holds the point in time: read everything. */
+		log_warn("engine: changed-block tracking of %s is wrong (%llu of %llu audited "
+			 "chunks differ); snapshot %s reads the whole disk",
+			 j->disk_id, (unsigned long long)atomic_load(&j->cj.audit_mismatch),
+			 (unsigned long long)atomic_load(&j->cj.audited), j->snap_id);
+		cow_distrust(j->cow);
+		j->cj.prev = NULL;
+		j->cj.changed = NULL;
+		atomic_store(&j->cj.bytes_done, 0);
+		r = copier_backup(&j->cj);
+	}
 	if (r == 0)
 		r = ds_manifest_save(e->store, j->cj.m, &root);
-	if (r == 0 && !disk_pit_intact(&j->pit))
-		r = -ESTALE;
+	if (r == 0 && !job_pit_intact(j))
+		r = j->cow ? -ENOBUFS : -ESTALE;
+	if (r == -ESTALE && j->cow && cow_failed(j->cow))
+		r = -ENOBUFS;
+	if (j->cow)
+		cow_copy_end(j->cow, r == 0, j->changed);
 	disk_pit_release(&j->pit);
 	ds_manifest_free(j->cj.m);
 	j->cj.m = NULL;
@@ -638,6 +759,10 @@ static void *copy_thread(void *arg)
 		s->bytes_read = atomic_load(&j->cj.bytes_read);
 		s->stored_bytes = atomic_load(&j->cj.bytes_stored);
 		if (r == 0) {
+			log_info("engine: snapshot %s of %s accomplished: %s copy, %llu bytes read, "
+				 "%llu stored", j->snap_id, j->disk_id,
+				 j->cj.prev ? "incremental" : "full",
+				 (unsigned long long)s->bytes_read, (unsigned long long)s->stored_bytes);
 			snprintf(s->status, sizeof(s->status), "accomplished");
 			s->progress = 100;
 			s->manifest = root;
@@ -658,6 +783,29 @@ static void *copy_thread(void *arg)
 	}
 	free(s);
 	j->err = r;
+	j->recorded = true;
+	pthread_cond_broadcast(&e->changed);
+	if (j->cow) {
+		struct attached *a = find_attached(e, j->disk_id);
+		if (a && r == 0)
+			snprintf(a->cbt_since, sizeof(a->cbt_since), "%s", j->snap_id);
+		/* The disk's next snapshot waits for this one's merge. */
+		pthread_mutex_unlock(&e->lock);
+		cow_wait_merged(j->cow);
+		{
+			struct cow_stats st;
+			cow_get_stats(j->cow, &st);
+			log_info("engine: snapshot %s of %s: overlay peak %llu KiB, %llu KiB merged "
+				 "back", j->snap_id, j->disk_id,
+				 (unsigned long long)(st.overlay_peak >> 10),
+				 (unsigned long long)(st.merged_bytes >> 10));
+		}
+		pthread_mutex_lock(&e->lock);
+		if (a)
+			a->users--;
+	}
+	ds_manifest_free(j->prev);
+	j->prev = NULL;
 	j->finished = true;
 	pthread_cond_broadcast(&e->changed);
 	pthread_mutex_unlock(&e->lock);
@@ -671,6 +819,7 @@ int ds_snapshot_create(struct ds_engine *e, const char *disk_id,
 	struct disk_row *d = malloc(sizeof(*d));
 	struct ds_snapshot_info *s = calloc(1, sizeof(*s));
 	struct job *j = calloc(1, sizeof(*j));
+	struct attached *a = NULL;
 	int r = 0;
 
 	if (!d || !s || !j) {
@@ -693,7 +842,9 @@ int ds_snapshot_create(struct ds_engine *e, const char *disk_id,
 	r = e->stopping ? -ECANCELED : catalog_disk_get(e->cat, disk_id, d);
 	if (r == 0 && d->info.locked)
 		r = -ENOLCK;
-	if (r == 0 && strcmp(d->info.status, "Available") != 0)
+	if (r == 0 && strcmp(d->info.status, "In_use") == 0)
+		a = find_attached(e, disk_id);
+	if (r == 0 && strcmp(d->info.status, "Available") != 0 && !a)
 		r = -EBUSY;
 	if (r == 0 && jobs_for_disk(e, disk_id) >= e->max_copies)
 		r = e->max_copies > 1 ? -EUSERS : -EALREADY;
@@ -704,11 +855,17 @@ int ds_snapshot_create(struct ds_engine *e, const char *disk_id,
 		int manual = catalog_count_manual(e->cat, disk_id);
 		r = manual < 0 ? manual : manual >= DS_MAX_MANUAL_SNAPSHOTS ? -EDQUOT : 0;
 	}
+	if (r == 0 && a)
+		a->users++;
+	else
+		a = NULL;
 	pthread_mutex_unlock(&e->lock);
-	if (r == 0 && disk_resolve(d) < 0)
-		r = -ENODEV;
 	/* The point in time: from here the copy reads what the disk was now. */
-	if (r == 0)
+	if (r == 0 && a)
+		r = live_pit_take(e, a, j);
+	else if (r == 0 && disk_resolve(d) < 0)
+		r = -ENODEV;
+	else if (r == 0)
 		r = disk_pit_take(d, &j->pit);
 	pthread_mutex_lock(&e->lock);
 	if (r == 0 && (e->stopping || jobs_for_disk(e, disk_id) >= e->max_copies))
@@ -754,6 +911,19 @@ int ds_snapshot_create(struct ds_engine *e, const char *disk_id,
 		j->cj.still_valid = job_pit_intact;
 		j->cj.progress = job_progress;
 		j->cj.opaque = j;
+		j->cj.max_rate = e->copy_max_rate;
+		if (j->cow) {
+			j->cj.read_done = job_read_done;
+			j->cj.ioprio = &j->ioprio;
+			atomic_store(&j->ioprio, IOPRIO_VALUE(3));
+			j->cj.idle_cpu = true;
+			if (j->prev) {
+				j->cj.prev = j->prev;
+				j->cj.changed = j->changed;
+				j->cj.audit_every = AUDIT_EVERY;
+				j->cj.audit_seed = (unsigned)now_s();
+			}
+		}
 		if (!j->cj.m)
 			r = -ENOMEM;
 		else if (pthread_create(&j->thread, NULL, copy_thread, j) != 0)
@@ -769,10 +939,17 @@ int ds_snapshot_create(struct ds_engine *e, const char *disk_id,
 		snprintf(id_out, DS_ID_SIZE, "%s", s->id);
 		j = NULL;
 	}
+	if (j && a)
+		a->users--; /* not taken: the disk may be detached again */
 	pthread_mutex_unlock(&e->lock);
 out_free:
-	if (j)
+	if (j) {
+		if (j->cow)
+			cow_copy_end(j->cow, false, j->changed);
 		disk_pit_release(&j->pit);
+		ds_manifest_free(j->prev);
+		free(j->changed);
+	}
 	free(j);
 	free(s);
 	free(d);
@@ -784,7 +961,7 @@ static void snapshot_live(struct ds_engine *e, struct ds_snapshot_info *s)
 {
 	struct job *j = job_for_snapshot(e, s->id);
 
-	if (j && !j->finished)
+	if (j && !j->recorded)
 		s->progress = atomic_load(&j->progress);
 }
 
@@ -809,7 +986,7 @@ int ds_snapshot_wait(struct ds_engine *e, const char *id)
 	if (!s)
 		return -ENOMEM;
 	pthread_mutex_lock(&e->lock);
-	while ((j = job_for_snapshot(e, id)) && !j->finished)
+	while ((j = job_for_snapshot(e, id)) && !j->recorded)
 		pthread_cond_wait(&e->changed, &e->lock);
 	r = catalog_snapshot_get(e->cat, id, s);
 	/* The copy's own error while its job is still known, else -EIO. */
@@ -857,7 +1034,7 @@ int ds_snapshot_delete(struct ds_engine *e, const char *id)
 	pthread_mutex_lock(&e->lock);
 	reap_jobs(e);
 	j = job_for_snapshot(e, id);
-	r = j && !j->finished ? -EBUSY : catalog_snapshot_delete(e->cat, id);
+	r = j && !j->recorded ? -EBUSY : catalog_snapshot_delete(e->cat, id);
 	pthread_mutex_unlock(&e->lock);
 	return r;
 }
@@ -983,6 +1160,12 @@ int ds_disk_reset(struct ds_engine *e, const char *disk_id, const char *snapshot
 		goto out;
 	}
 
+	{
+		/* The disk changes under its changed-block bitmap: drop it. */
+		char cbt[DS_PATH_MAX + 64];
+		disk_file(e, "cbt", disk_id, cbt, sizeof(cbt));
+		unlink(cbt);
+	}
 	pthread_rwlock_rdlock(&e->gc_lock);
 	r = ds_manifest_load(e->store, &s.manifest, &cj.m);
 	if (r == 0 && d->info.kind == DS_DISK_FILE) {
@@ -1236,6 +1419,49 @@ int ds_token_put(struct ds_engine *e, int64_t caller, const char *token, const c
 
 /* ---- attached disks --------------------------------------------------------------- */
 
+/* Opens the tracker of a disk being attached: what a crash left in its
+ * overlay is merged into the disk, and its changed-block bitmap is loaded
+ * when it can be trusted. */
+static int open_tracker(struct ds_engine *e, const char *id, struct attached *a)
+{
+	char ov[DS_PATH_MAX + 64], cbt[DS_PATH_MAX + 64];
+	uint64_t recovered = 0;
+	int r;
+
+	snprintf(ov, sizeof(ov), "%s/overlay", e->dir);
+	snprintf(cbt, sizeof(cbt), "%s/cbt", e->dir);
+	if ((mkdir(ov, 0700) < 0 && errno != EEXIST) || (mkdir(cbt, 0700) < 0 && errno != EEXIST))
+		return -errno;
+	disk_file(e, "overlay", id, ov, sizeof(ov));
+	disk_file(e, "cbt", id, cbt, sizeof(cbt));
+	r = cow_open(a->path, ov, ds_store_chunk_size(e->store), &a->cow, &recovered);
+	if (r < 0) {
+		log_error("engine: cannot open the overlay of %s: %s", id, strerror(-r));
+		return r;
+	}
+	if (recovered)
+		log_warn("engine: disk %s: %llu bytes of writes redirected before a crash were "
+			 "merged into it", id, (unsigned long long)recovered);
+	if (!cbt_load(cbt, a->cow, a->path, a->cbt_since, sizeof(a->cbt_since)))
+		log_info("engine: disk %s: no trusted changed-block bitmap; its next snapshot "
+			 "reads the whole disk", id);
+	return 0;
+}
+
+/* After the frontend is gone: saves the bitmap clean and closes the tracker. */
+static void close_tracker(struct ds_engine *e, struct attached *a)
+{
+	char cbt[DS_PATH_MAX + 64];
+
+	disk_file(e, "cbt", a->disk_id, cbt, sizeof(cbt));
+	cow_wait_merged(a->cow);
+	if (cbt_save(cbt, a->cow, a->path, a->cbt_since) < 0)
+		log_warn("engine: cannot save the changed-block bitmap of %s; its next snapshot "
+			 "reads the whole disk", a->disk_id);
+	cow_close(a->cow);
+	a->cow = NULL;
+}
+
 /* Serves one disk (status already In_use): FUSE mount in STATE/mnt/ID. */
 static int attach_one(struct ds_engine *e, struct disk_row *d, char device_out[32])
 {
@@ -1257,7 +1483,14 @@ static int attach_one(struct ds_engine *e, struct disk_row *d, char device_out[3
 	a = calloc(1, sizeof(*a));
 	if (!a)
 		return -ENOMEM;
-	r = frontend_attach(d->info.path, mnt, (enum frontend_transport)e->fuse_transport, &a->f);
+	snprintf(a->path, sizeof(a->path), "%s", d->info.path);
+	r = open_tracker(e, d->info.id, a);
+	if (r == 0) {
+		r = frontend_attach(a->cow, d->info.path, mnt,
+				    (enum frontend_transport)e->fuse_transport, &a->f);
+		if (r < 0)
+			cow_close(a->cow);
+	}
 	if (r < 0) {
 		free(a);
 		return r;
@@ -1314,6 +1547,10 @@ int ds_disk_detach(struct ds_engine *e, const char *id)
 	a = r == 0 ? find_attached(e, id) : NULL;
 	if (r == 0 && !a && strcmp(d->info.status, "In_use") != 0)
 		r = -EINVAL; /* not attached */
+	if (r == 0 && a && (a->users > 0 || job_for_disk(e, id)))
+		r = -EALREADY; /* a snapshot is being created */
+	if (r == 0 && a)
+		a->users++; /* no snapshot starts while it is detached */
 	pthread_mutex_unlock(&e->lock);
 	free(d);
 	if (r < 0)
@@ -1321,8 +1558,13 @@ int ds_disk_detach(struct ds_engine *e, const char *id)
 	if (a) {
 		/* Refused while mounted or held; the frontend stays as it was. */
 		r = frontend_detach(a->f, false);
-		if (r < 0)
+		if (r < 0) {
+			pthread_mutex_lock(&e->lock);
+			a->users--;
+			pthread_mutex_unlock(&e->lock);
 			return r;
+		}
+		close_tracker(e, a);
 		pthread_mutex_lock(&e->lock);
 		for (pa = &e->attached; *pa; pa = &(*pa)->next)
 			if (*pa == a) {

@@ -39,6 +39,7 @@ struct ds_engine_options {
 	uint32_t chunk_size;      /* for a new store; 0 = default */
 	int max_copies_per_disk;  /* snapshots of one disk created at once; 0 = 1 */
 	int fuse_transport;       /* attached disks: 0 auto, 1 io_uring only, 2 /dev/fuse */
+	uint64_t copy_max_rate;   /* bytes per second a snapshot's copy reads at most; 0 = no limit */
 };
 
 /*

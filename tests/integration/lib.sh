@@ -104,3 +104,24 @@ stop_job() {
 		wait "$1" 2>/dev/null || true
 	fi
 }
+
+# dsnapd of the test's own: socket $SCRATCH/dsnapd.sock, state
+# $SCRATCH/state, config $SCRATCH/dsnapd.conf, log $SCRATCH/dsnapd.log.
+# daemon_start waits until it answers; daemon_kill9 kills it as a crash
+# would. dsd talks to it; json evaluates a Python expression on d.
+DAEMON_PID=
+daemon_start() {
+	local sock=$SCRATCH/dsnapd.sock
+	touch "$SCRATCH/dsnapd.conf"
+	"${DSNAPD:?set DSNAPD to the dsnapd binary}" --socket "$sock" --state "$SCRATCH/state" \
+		--config "$SCRATCH/dsnapd.conf" 2>>"$SCRATCH/dsnapd.log" &
+	DAEMON_PID=$!
+	for _ in $(seq 100); do [ -S "$sock" ] && curl -s --unix-socket "$sock" \
+		'http://x/?Action=DescribeDisks' >/dev/null && return 0; sleep 0.1; done
+	cat "$SCRATCH/dsnapd.log"
+	fail "dsnapd did not start"
+}
+daemon_stop() { [ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" || true; DAEMON_PID=; }
+daemon_kill9() { kill -9 "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null || true; DAEMON_PID=; }
+dsd() { "$DSNAP" --socket "$SCRATCH/dsnapd.sock" "$@"; }
+json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }

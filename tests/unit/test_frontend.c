@@ -21,12 +21,14 @@
 
 #include <cmocka.h>
 
+#include "cow/cow.h"
 #include "frontend/frontend.h"
 
 #define SIZE (64u << 20)
 
 struct fx {
-	char dir[64], image[128], mnt[128];
+	char dir[64], image[128], mnt[128], overlay[128];
+	struct cow *cow;
 	struct frontend *f;
 };
 
@@ -55,6 +57,7 @@ static int setup(void **state)
 		return -1;
 	snprintf(f->image, sizeof(f->image), "%s/backing.img", f->dir);
 	snprintf(f->mnt, sizeof(f->mnt), "%s/mnt", f->dir);
+	snprintf(f->overlay, sizeof(f->overlay), "%s/overlay", f->dir);
 	mkdir(f->mnt, 0700);
 	fill(buf, SIZE, 1);
 	fd = open(f->image, O_RDWR | O_CREAT | O_TRUNC, 0600);
@@ -73,6 +76,7 @@ static int teardown(void **state)
 
 	if (f->f)
 		frontend_detach(f->f, true);
+	cow_close(f->cow);
 	umount2(f->mnt, MNT_DETACH);
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", f->dir);
 	if (system(cmd) != 0)
@@ -95,7 +99,9 @@ static void attach(struct fx *f, enum frontend_transport t)
 		skip();
 	if (t != FRONTEND_DEV)
 		frontend_enable_uring(true);
-	r = frontend_attach(f->image, f->mnt, t, &f->f);
+	if (!f->cow)
+		assert_int_equal(cow_open(f->image, f->overlay, 65536, &f->cow, NULL), 0);
+	r = frontend_attach(f->cow, f->image, f->mnt, t, &f->f);
 	if (r == -EOPNOTSUPP && t == FRONTEND_URING)
 		skip();
 	assert_int_equal(r, 0);

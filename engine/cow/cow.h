@@ -1,0 +1,126 @@
+/*
+ * The copy-on-write tracker of an attached disk: it keeps a snapshot's
+ * point in time in the disk's own backing (the base) by redirecting new
+ * writes to an overlay file while the copy runs, merges them back behind
+ * the copier, and keeps the changed-block bitmap. cow.c opens with the
+ * design note.
+ */
+#ifndef DSNAP_COW_H
+#define DSNAP_COW_H
+#ifndef DSNAP_INTERNAL
+#error "engine/cow/cow.h is private to libdsnap"
+#endif
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define COW_BLOCK 4096u
+
+enum cow_where { COW_BASE = 0, COW_OVERLAY = 1 };
+
+struct cow;
+
+struct cow_stats {
+	uint64_t overlay_bytes;      /* allocated in the overlay now */
+	uint64_t overlay_peak;       /* the most since the last cow_start */
+	uint64_t merged_bytes;       /* merged back since the last cow_start */
+	bool active, busy, failed;
+};
+
+/*
+ * Opens the tracker of the disk whose backing is base_path (an image file
+ * or block device), with its overlay at overlay_path (created when
+ * missing). Whatever an earlier run left in the overlay is merged into the
+ * base first (crash recovery): *recovered is set to the bytes merged.
+ * chunk_size is the store's (a power of two, at most 4 MiB).
+ */
+int cow_open(const char *base_path, const char *overlay_path, uint32_t chunk_size,
+	     struct cow **out, uint64_t *recovered);
+/* Waits for a running merge, then closes. The overlay is empty after it. */
+void cow_close(struct cow *c);
+
+uint64_t cow_size(const struct cow *c);
+/* The base fds (O_DIRECT one is -1 where the base does not take O_DIRECT). */
+int cow_base_fd(const struct cow *c, bool direct);
+int cow_overlay_fd(const struct cow *c, bool direct);
+
+/* ---- the I/O path (the frontend) -------------------------------------------- */
+
+/*
+ * Every read, write, fsync and discard is bracketed by cow_enter and
+ * cow_leave. cow_enter returns false while the tracker holds I/O for a
+ * moment (fixing a point in time, punching the overlay): the caller waits
+ * (cow_wait_open) or, on an event loop, parks the request until the wake
+ * callback runs.
+ */
+bool cow_enter(struct cow *c);
+void cow_leave(struct cow *c);
+void cow_wait_open(struct cow *c);
+void cow_set_wake(struct cow *c, void (*wake)(void *), void *arg);
+
+/*
+ * Where the bytes at [off, off + len) are read from or written to: the
+ * answer holds for the first *run bytes (at least one block's worth,
+ * or len). Writes may only go to the overlay in whole blocks, or into
+ * blocks the overlay has already: cow_write_needs_fill says when a write
+ * must take cow_pwrite instead (it fills a partial block from the base).
+ */
+enum cow_where cow_route(struct cow *c, bool write, uint64_t off, uint32_t len, uint32_t *run);
+bool cow_write_needs_fill(struct cow *c, uint64_t off, uint32_t len);
+/* A write of [off, off + len) to where completed. */
+void cow_written(struct cow *c, enum cow_where where, uint64_t off, uint32_t len);
+/*
+ * An overlay write failed with err (-ENOSPC...): when the overlay cannot
+ * grow, the snapshot fails, writes go to the base again, and true is
+ * returned (retry the write). False: err is the write's answer.
+ */
+bool cow_overlay_error(struct cow *c, int err);
+
+/* Synchronous I/O through the tracker (the /dev/fuse transport, unaligned
+ * writes, discards): bytes done or -errno. */
+ssize_t cow_pread(struct cow *c, void *buf, size_t len, uint64_t off);
+ssize_t cow_pwrite(struct cow *c, const void *buf, size_t len, uint64_t off);
+/* fallocate on the disk: punching (discard) and zeroing ranges. */
+int cow_fallocate(struct cow *c, int mode, uint64_t off, uint64_t len);
+/* fdatasync of the overlay (the base's is the caller's). */
+int cow_sync_overlay(struct cow *c);
+
+/* ---- snapshots (the engine) ------------------------------------------------- */
+
+/*
+ * Fixes a point in time: from its return until cow_copy_end, the base
+ * keeps every block of a chunk the copier has not read. It waits for the
+ * merge of an earlier snapshot, and gives up with -EBUSY after 30 s. changed_out (nchunks bits, may be
+ * NULL) receives the chunks written since the last cow_start whose
+ * snapshot accomplished; the live bitmap starts again empty.
+ */
+int cow_start(struct cow *c, uint64_t *changed_out);
+/* The copier read chunks [first, first + n) of the base. */
+void cow_copied(struct cow *c, uint64_t first, uint64_t n);
+/* The copy ended. !ok puts the bits cow_start took back into the live
+ * bitmap (the next snapshot must read those chunks again). */
+void cow_copy_end(struct cow *c, bool ok, const uint64_t *changed_taken);
+/* The snapshot failed on the tracker's side (the overlay could not grow). */
+bool cow_failed(struct cow *c);
+/* Waits until everything redirected is merged back and punched. */
+void cow_wait_merged(struct cow *c);
+void cow_get_stats(struct cow *c, struct cow_stats *st);
+
+/* ---- changed-block tracking ------------------------------------------------- */
+
+uint64_t cow_nchunks(const struct cow *c);
+/* Marks every chunk changed (the bitmap cannot be trusted). */
+void cow_distrust(struct cow *c);
+/* Copies the live bitmap out / in (nchunks bits). */
+void cow_bitmap_get(struct cow *c, uint64_t *bits);
+void cow_bitmap_set(struct cow *c, const uint64_t *bits);
+
+/* The bitmap's file (cbt.c). cbt_save writes it clean, with since (the
+ * snapshot it counts from) and the base's fingerprint. cbt_load returns 1
+ * when the file was trusted (bitmap and since loaded, the file marked
+ * dirty), else 0 and every chunk counts as changed. */
+int cbt_save(const char *path, struct cow *c, const char *base_path, const char *since);
+int cbt_load(const char *path, struct cow *c, const char *base_path, char *since,
+	     size_t since_size);
+
+#endif
