@@ -21,6 +21,7 @@
 
 struct fingerprint {
 	uint64_t dev, ino, size, mtime_ns;
+	bool blockdev;
 };
 
 static int fingerprint(const char *path, struct fingerprint *fp)
@@ -29,6 +30,7 @@ static int fingerprint(const char *path, struct fingerprint *fp)
 
 	if (stat(path, &st) < 0)
 		return -errno;
+	fp->blockdev = S_ISBLK(st.st_mode);
 	fp->dev = S_ISBLK(st.st_mode) ? st.st_rdev : st.st_dev;
 	fp->ino = S_ISBLK(st.st_mode) ? 0 : st.st_ino;
 	fp->size = S_ISBLK(st.st_mode) ? 0 : (uint64_t)st.st_size;
@@ -53,8 +55,29 @@ static void header(uint8_t *h, const struct cow *c, const struct fingerprint *fp
 	snprintf((char *)h + 64, 64, "%s", since ? since : "");
 }
 
-int cbt_save(const char *path, struct cow *c, const char *base_path, const char *since)
+/* Makes a rename or unlink in path's folder durable. */
+static void sync_dir(const char *path)
 {
+	char dir[4200];
+	char *slash;
+	int fd;
+
+	snprintf(dir, sizeof(dir), "%s", path);
+	slash = strrchr(dir, '/');
+	if (!slash)
+		return;
+	*slash = '\0';
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd >= 0) {
+		if (fsync(fd) < 0)
+			log_warn("cbt: cannot sync %s: %s", dir, strerror(errno));
+		close(fd);
+	}
+}
+
+int cbt_save(const char *path, struct cow *c, const char *base_path)
+{
+	char since[COW_SINCE_MAX];
 	size_t bytes = (size_t)((cow_nchunks(c) + 63) / 64) * 8;
 	uint64_t *bits = calloc(1, bytes + 8);
 	char tmp[4200];
@@ -64,6 +87,7 @@ int cbt_save(const char *path, struct cow *c, const char *base_path, const char 
 
 	if (!bits)
 		return -ENOMEM;
+	cow_since(c, since, NULL);
 	r = fingerprint(base_path, &fp);
 	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
 	fd = r < 0 ? -1 : open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -84,11 +108,13 @@ int cbt_save(const char *path, struct cow *c, const char *base_path, const char 
 		r = -errno;
 	if (r < 0)
 		unlink(tmp);
+	else
+		sync_dir(path);
 	free(bits);
 	return r;
 }
 
-int cbt_load(const char *path, struct cow *c, const char *base_path, char *since, size_t since_size)
+int cbt_load(const char *path, struct cow *c, const char *base_path)
 {
 	size_t bytes = (size_t)((cow_nchunks(c) + 63) / 64) * 8;
 	uint64_t *bits = calloc(1, bytes + 8);
@@ -97,11 +123,10 @@ int cbt_load(const char *path, struct cow *c, const char *base_path, char *since
 	bool trusted = false;
 	int fd = open(path, O_RDWR | O_CLOEXEC);
 
-	since[0] = '\0';
-	if (fd >= 0 && bits && fingerprint(base_path, &fp) == 0 &&
+	if (fd >= 0 && bits && fingerprint(base_path, &fp) == 0 && !fp.blockdev &&
 	    pread(fd, h, CBT_HEADER, 0) == CBT_HEADER && (get_le32(h + 8) & CBT_CLEAN)) {
+		h[127] = '\0';
 		header(want, c, &fp, CBT_CLEAN, (const char *)h + 64);
-		h[127] = want[127] = '\0';
 		trusted = memcmp(h, want, CBT_HEADER) == 0 &&
 			  pread(fd, bits, bytes, CBT_HEADER) == (ssize_t)bytes;
 	}
@@ -109,7 +134,7 @@ int cbt_load(const char *path, struct cow *c, const char *base_path, char *since
 		for (size_t i = 0; i < bytes / 8; i++)
 			bits[i] = get_le64((uint8_t *)&bits[i]);
 		cow_bitmap_set(c, bits);
-		snprintf(since, since_size, "%s", (const char *)h + 64);
+		cow_since(c, NULL, (const char *)h + 64);
 		/* From now on the bitmap lives in memory: a crash leaves it dirty. */
 		put_le32(h + 8, 0);
 		if (pwrite(fd, h, CBT_HEADER, 0) != CBT_HEADER || fdatasync(fd) < 0)
@@ -117,9 +142,11 @@ int cbt_load(const char *path, struct cow *c, const char *base_path, char *since
 	}
 	if (!trusted) {
 		cow_distrust(c);
-		since[0] = '\0';
-		if (fd >= 0)
+		cow_since(c, NULL, "");
+		if (fd >= 0) {
 			unlink(path);
+			sync_dir(path);
+		}
 	}
 	if (fd >= 0)
 		close(fd);

@@ -119,6 +119,9 @@ struct cow {
 	pthread_t merger;
 	bool merger_started;
 	atomic_uint_fast64_t ov_blocks, ov_peak, merged;
+	atomic_uint_fast64_t started_gen, merged_gen; /* snapshots started, merges ended */
+	pthread_mutex_t since_mu;
+	char since[COW_SINCE_MAX];
 };
 
 /* ---- bits --------------------------------------------------------------------- */
@@ -349,6 +352,27 @@ static void fail_snapshot(struct cow *c, int err)
 	pthread_mutex_unlock(&c->mu);
 }
 
+void cow_overlay_abort(struct cow *c, uint64_t off, uint32_t len)
+{
+	uint64_t end = MIN(off + len, c->size);
+
+	if (len == 0 || off >= c->size)
+		return;
+	/* Blocks the failed write may have allocated but that are not
+	 * redirected: their space goes, so that allocated still means
+	 * redirected. Redirected blocks keep theirs. */
+	for (uint64_t b = off / BLK, last = (end - 1) / BLK; b <= last;) {
+		uint64_t e = b;
+		while (e <= last && !bit_get(c->redir, e))
+			e++;
+		if (e > b && fallocate(c->ov_buf, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				       (off_t)(b * BLK), (off_t)((e - b) * BLK)) < 0)
+			log_error("cow: cannot give back overlay space at %llu after a failed write: %s",
+				  (unsigned long long)(b * BLK), strerror(errno));
+		b = e + 1;
+	}
+}
+
 bool cow_overlay_error(struct cow *c, int err)
 {
 	if (err != -ENOSPC && err != -EDQUOT && err != -EFBIG)
@@ -395,10 +419,10 @@ static int fill_block(struct cow *c, uint64_t b, const uint8_t *data, uint32_t n
 		return (int)r;
 	memcpy(blk + (off - start), data, n);
 	r = io_at(c, COW_OVERLAY, true, blk, blen, start);
+	if (r >= 0 && (uint32_t)r < blen)
+		r = -EIO;
 	if (r < 0)
-		return (int)r;
-	if ((uint32_t)r < blen)
-		return -EIO;
+		return (int)r; /* the caller gives back the block's overlay space */
 	cow_written(c, COW_OVERLAY, start, blen);
 	return 0;
 }
@@ -418,11 +442,16 @@ static ssize_t write_piece(struct cow *c, const uint8_t *buf, uint32_t len, uint
 			run = len;
 		} else {
 			r = io_at(c, w, true, (void *)buf, run, off);
+			if (r >= 0 && (uint32_t)r < run)
+				r = -EIO; /* the end of a block device: nothing more fits */
 			if (r > 0)
 				cow_written(c, w, off, (uint32_t)r);
 		}
-		if (r < 0 && w == COW_OVERLAY && tries == 0 && cow_overlay_error(c, (int)r))
-			continue;
+		if (r < 0 && w == COW_OVERLAY) {
+			cow_overlay_abort(c, off, run);
+			if (tries == 0 && cow_overlay_error(c, (int)r))
+				continue;
+		}
 		return r;
 	}
 }
@@ -465,6 +494,9 @@ int cow_fallocate(struct cow *c, int mode, uint64_t off, uint64_t len)
 	bits_change(c->changed, off / c->chunk_size, (off + len - 1) / c->chunk_size + 1, true);
 	if (!atomic_load(&c->busy))
 		return fallocate(c->base_buf, mode, (off_t)off, (off_t)len) < 0 ? -errno : 0;
+	/* Only discards and zeroing change data; the rest is refused while busy. */
+	if (!(mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)))
+		return -EOPNOTSUPP;
 	/* While busy, a discard or zeroing of blocks kept for the snapshot (or
 	 * redirected) is written as zeros through the tracker; the rest is
 	 * punched in the base. */
@@ -537,12 +569,18 @@ static int settle(struct cow *c, uint8_t *buf, uint64_t b0, uint64_t b1)
 		return (int)m;
 	if (fdatasync(c->base_buf) < 0)
 		return -errno;
+	/* The overlay is a whole number of blocks: the last one is punched
+	 * whole even when the disk ends inside it. */
+	len = (len + BLK - 1) / BLK * BLK;
 	if (fallocate(c->ov_buf, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
 		      (off_t)len) < 0)
 		return -errno;
-	if (fsync(c->ov_buf) < 0)
-		return -errno;
+	/* The base holds every block durably: they stop being redirected
+	 * even if the punch cannot be made durable (then a crash would merge
+	 * them again, with what the base already holds, unless written since). */
 	atomic_fetch_sub(&c->ov_blocks, bits_change(c->redir, b0, b1, false));
+	if (fsync(c->ov_buf) < 0)
+		log_error("cow: cannot make the overlay's punch durable: %s", strerror(errno));
 	return 0;
 }
 
@@ -594,8 +632,10 @@ static void *merger_thread(void *arg)
 		timed_wait(c, 50);
 	pthread_mutex_unlock(&c->mu);
 	gate_close(c);
-	if (left) {
-		/* A region could not be punched: try once more, all at once. */
+	/* What is still redirected: regions that could not be punched, and
+	 * writes that were in flight to a region when it was looked at. */
+	if (bits_any(c->redir, 0, c->nblocks)) {
+		set_ioprio(IOPRIO_CLASS_BE);
 		left = settle(c, buf, 0, c->nblocks) < 0;
 		if (left)
 			log_error("cow: blocks stay redirected in the overlay; they are merged at "
@@ -603,6 +643,7 @@ static void *merger_thread(void *arg)
 	}
 	if (!left)
 		atomic_store(&c->busy, false);
+	atomic_store(&c->merged_gen, atomic_load(&c->started_gen));
 	gate_open(c);
 	free(buf);
 	pthread_mutex_lock(&c->mu);
@@ -614,7 +655,8 @@ static void *merger_thread(void *arg)
 
 /* ---- snapshots ---------------------------------------------------------------------- */
 
-int cow_start(struct cow *c, uint64_t *changed_out)
+int cow_start(struct cow *c, uint64_t *changed_out, char since_out[COW_SINCE_MAX],
+	      uint64_t *gen_out)
 {
 	struct timespec t0, t;
 
@@ -647,15 +689,26 @@ int cow_start(struct cow *c, uint64_t *changed_out)
 	atomic_store(&c->active, true);
 	atomic_store(&c->busy, true);
 	atomic_store(&c->merging, true);
-	gate_open(c);
-	if (pthread_create(&c->merger, NULL, merger_thread, c) == 0) {
-		c->merger_started = true;
-	} else {
+	if (pthread_create(&c->merger, NULL, merger_thread, c) != 0) {
+		/* No merger, no snapshot: nothing was redirected yet. */
 		atomic_store(&c->merging, false);
-		/* No merger: the snapshot cannot end cleanly; let it fail now. */
-		fail_snapshot(c, -EAGAIN);
+		atomic_store(&c->active, false);
 		atomic_store(&c->busy, bits_any(c->redir, 0, c->nblocks));
+		if (changed_out)
+			for (size_t i = 0; i < words(c->nchunks); i++)
+				atomic_fetch_or(&c->changed[i], changed_out[i]);
+		gate_open(c);
+		pthread_mutex_unlock(&c->start_mu);
+		return -EAGAIN;
 	}
+	c->merger_started = true;
+	if (since_out)
+		cow_since(c, since_out, NULL);
+	if (gen_out)
+		*gen_out = atomic_fetch_add(&c->started_gen, 1) + 1;
+	else
+		atomic_fetch_add(&c->started_gen, 1);
+	gate_open(c);
 	pthread_mutex_unlock(&c->start_mu);
 	return 0;
 }
@@ -668,8 +721,10 @@ void cow_copied(struct cow *c, uint64_t first, uint64_t n)
 	pthread_mutex_unlock(&c->mu);
 }
 
-void cow_copy_end(struct cow *c, bool ok, const uint64_t *changed_taken)
+void cow_copy_end(struct cow *c, bool ok, const uint64_t *changed_taken, const char *new_since)
 {
+	if (ok && new_since)
+		cow_since(c, NULL, new_since);
 	if (!ok && changed_taken)
 		for (size_t i = 0; i < words(c->nchunks); i++)
 			atomic_fetch_or(&c->changed[i], changed_taken[i]);
@@ -685,12 +740,22 @@ bool cow_failed(struct cow *c)
 	return atomic_load(&c->failed);
 }
 
-void cow_wait_merged(struct cow *c)
+void cow_wait_merged(struct cow *c, uint64_t gen)
 {
 	pthread_mutex_lock(&c->mu);
-	while (atomic_load(&c->merging))
+	while (atomic_load(&c->merging) && (!gen || atomic_load(&c->merged_gen) < gen))
 		timed_wait(c, 50);
 	pthread_mutex_unlock(&c->mu);
+}
+
+void cow_since(struct cow *c, char out[COW_SINCE_MAX], const char *set)
+{
+	pthread_mutex_lock(&c->since_mu);
+	if (set)
+		snprintf(c->since, sizeof(c->since), "%s", set);
+	if (out)
+		snprintf(out, COW_SINCE_MAX, "%s", c->since);
+	pthread_mutex_unlock(&c->since_mu);
 }
 
 void cow_get_stats(struct cow *c, struct cow_stats *st)
@@ -773,8 +838,8 @@ static int recover(struct cow *c, uint64_t *recovered)
 	free(buf);
 	if (r == 0 && total > 0 && fdatasync(c->base_buf) < 0)
 		r = -errno;
-	if (r == 0 && (ftruncate(c->ov_buf, 0) < 0 || ftruncate(c->ov_buf, (off_t)c->size) < 0 ||
-		       fsync(c->ov_buf) < 0))
+	if (r == 0 && (ftruncate(c->ov_buf, 0) < 0 ||
+		       ftruncate(c->ov_buf, (off_t)(c->nblocks * BLK)) < 0 || fsync(c->ov_buf) < 0))
 		r = -errno;
 	if (r == 0 && total > 0)
 		log_warn("cow: merged %llu bytes left in the overlay by a crash into the disk",
@@ -834,6 +899,7 @@ int cow_open(const char *base_path, const char *overlay_path, uint32_t chunk_siz
 	pthread_mutex_init(&c->close_mu, NULL);
 	pthread_mutex_init(&c->fill_mu, NULL);
 	pthread_mutex_init(&c->start_mu, NULL);
+	pthread_mutex_init(&c->since_mu, NULL);
 	r = recover(c, recovered);
 	if (r < 0) {
 		cow_close(c);
@@ -863,8 +929,9 @@ void cow_close(struct cow *c)
 	if (!c)
 		return;
 	pthread_mutex_lock(&c->start_mu);
-	cow_copy_end(c, false, NULL);
-	cow_wait_merged(c);
+	bits_change(c->copied, 0, c->nchunks, true);
+	atomic_store(&c->active, false);
+	cow_wait_merged(c, 0);
 	if (c->merger_started)
 		pthread_join(c->merger, NULL);
 	pthread_mutex_unlock(&c->start_mu);
@@ -879,6 +946,7 @@ void cow_close(struct cow *c)
 	pthread_mutex_destroy(&c->close_mu);
 	pthread_mutex_destroy(&c->fill_mu);
 	pthread_mutex_destroy(&c->start_mu);
+	pthread_mutex_destroy(&c->since_mu);
 	free(c->redir);
 	free(c->dirty);
 	free(c->copied);

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #define COW_BLOCK 4096u
+#define COW_SINCE_MAX 64
 
 enum cow_where { COW_BASE = 0, COW_OVERLAY = 1 };
 
@@ -69,6 +70,9 @@ enum cow_where cow_route(struct cow *c, bool write, uint64_t off, uint32_t len, 
 bool cow_write_needs_fill(struct cow *c, uint64_t off, uint32_t len);
 /* A write of [off, off + len) to where completed. */
 void cow_written(struct cow *c, enum cow_where where, uint64_t off, uint32_t len);
+/* An overlay write of [off, off + len) failed or fell short: the overlay
+ * space it may have taken in blocks not redirected is given back. */
+void cow_overlay_abort(struct cow *c, uint64_t off, uint32_t len);
 /*
  * An overlay write failed with err (-ENOSPC...): when the overlay cannot
  * grow, the snapshot fails, writes go to the base again, and true is
@@ -90,20 +94,27 @@ int cow_sync_overlay(struct cow *c);
 /*
  * Fixes a point in time: from its return until cow_copy_end, the base
  * keeps every block of a chunk the copier has not read. It waits for the
- * merge of an earlier snapshot, and gives up with -EBUSY after 30 s. changed_out (nchunks bits, may be
- * NULL) receives the chunks written since the last cow_start whose
- * snapshot accomplished; the live bitmap starts again empty.
+ * merge of an earlier snapshot, and gives up with -EBUSY after 30 s.
+ * changed_out (nchunks bits, may be NULL) receives the chunks written
+ * since the last cow_start whose snapshot accomplished, since_out the id
+ * that snapshot was given (cow_copy_end), both taken together; the live
+ * bitmap starts again empty. *gen_out names this snapshot's merge.
  */
-int cow_start(struct cow *c, uint64_t *changed_out);
+int cow_start(struct cow *c, uint64_t *changed_out, char since_out[COW_SINCE_MAX],
+	      uint64_t *gen_out);
 /* The copier read chunks [first, first + n) of the base. */
 void cow_copied(struct cow *c, uint64_t first, uint64_t n);
-/* The copy ended. !ok puts the bits cow_start took back into the live
- * bitmap (the next snapshot must read those chunks again). */
-void cow_copy_end(struct cow *c, bool ok, const uint64_t *changed_taken);
+/* The copy ended. ok: the bitmap now counts from new_since. !ok puts
+ * the bits cow_start took back into the live bitmap (the next snapshot
+ * must read those chunks again). */
+void cow_copy_end(struct cow *c, bool ok, const uint64_t *changed_taken, const char *new_since);
 /* The snapshot failed on the tracker's side (the overlay could not grow). */
 bool cow_failed(struct cow *c);
-/* Waits until everything redirected is merged back and punched. */
-void cow_wait_merged(struct cow *c);
+/* Waits until the merge of snapshot gen (0: whatever runs) has ended:
+ * everything redirected is merged back and punched. */
+void cow_wait_merged(struct cow *c, uint64_t gen);
+/* Reads (out) and/or sets (set) the snapshot the bitmap counts from. */
+void cow_since(struct cow *c, char out[COW_SINCE_MAX], const char *set);
 void cow_get_stats(struct cow *c, struct cow_stats *st);
 
 /* ---- changed-block tracking ------------------------------------------------- */
@@ -115,12 +126,12 @@ void cow_distrust(struct cow *c);
 void cow_bitmap_get(struct cow *c, uint64_t *bits);
 void cow_bitmap_set(struct cow *c, const uint64_t *bits);
 
-/* The bitmap's file (cbt.c). cbt_save writes it clean, with since (the
- * snapshot it counts from) and the base's fingerprint. cbt_load returns 1
- * when the file was trusted (bitmap and since loaded, the file marked
- * dirty), else 0 and every chunk counts as changed. */
-int cbt_save(const char *path, struct cow *c, const char *base_path, const char *since);
-int cbt_load(const char *path, struct cow *c, const char *base_path, char *since,
-	     size_t since_size);
+/* The bitmap's file (cbt.c). cbt_save writes it clean, with cow_since
+ * and the base's fingerprint. cbt_load returns 1 when the file was trusted
+ * (bitmap and since loaded, the file marked dirty), else 0: every chunk
+ * counts as changed, since is "". A block device's bitmap is never
+ * trusted after a detach: its writes leave no trace dsnap can check. */
+int cbt_save(const char *path, struct cow *c, const char *base_path);
+int cbt_load(const char *path, struct cow *c, const char *base_path);
 
 #endif

@@ -711,13 +711,19 @@ static void on_bio(struct queue *q, struct entry *e, int res)
 		submit_bio(q, e);
 		return;
 	}
-	if (res < 0 && b->op == BIO_WRITE && b->where == COW_OVERLAY && !b->retried &&
-	    cow_overlay_error(q->f->cow, res)) {
-		/* The overlay is full: the snapshot fails, the write goes on. */
-		b->retried = true;
-		b->run_end = b->done;
-		submit_bio(q, e);
-		return;
+	if (res == 0 && b->op == BIO_WRITE)
+		res = -EIO; /* the end of a block device */
+	if (res < 0 && b->op == BIO_WRITE && b->where == COW_OVERLAY) {
+		/* The run's overlay space goes back (allocated must mean
+		 * redirected); if the overlay is full, the snapshot fails and
+		 * the run is written again, to the base. */
+		cow_overlay_abort(q->f->cow, b->off + b->run_start, b->run_end - b->run_start);
+		if (!b->retried && cow_overlay_error(q->f->cow, res)) {
+			b->retried = true;
+			b->done = b->run_end = b->run_start;
+			submit_bio(q, e);
+			return;
+		}
 	}
 	if (res > 0 && b->op != BIO_FSYNC) {
 		b->done += (uint32_t)res;
@@ -753,7 +759,8 @@ static void *queue_thread(void *arg)
 		struct io_uring_cqe *cqe;
 		unsigned head, seen = 0;
 
-		if (io_uring_submit_and_wait(&q->ring, 1) < 0 && errno != EINTR)
+		int r = io_uring_submit_and_wait(&q->ring, 1);
+		if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY)
 			break;
 		io_uring_for_each_cqe(&q->ring, head, cqe) {
 			struct tag *t = io_uring_cqe_get_data(cqe);

@@ -35,6 +35,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
@@ -61,7 +62,9 @@ struct job {
 	/* an attached disk: its tracker keeps the point in time */
 	struct cow *cow;
 	uint64_t *changed;         /* chunks changed since prev (cow_start) */
-	struct ds_manifest *prev;  /* the snapshot the bitmap counts from */
+	char since[COW_SINCE_MAX]; /* the snapshot the bitmap counts from */
+	struct ds_manifest *prev;  /* its manifest */
+	uint64_t gen;              /* this snapshot's merge */
 	atomic_int ioprio;
 	struct timespec started;
 	atomic_bool cancel;
@@ -79,10 +82,8 @@ struct attached {
 	char path[DS_PATH_MAX];
 	struct frontend *f;
 	struct cow *cow;
-	/* changed-block tracking counts from this snapshot ("": none, read
-	 * everything next time) */
-	char cbt_since[DS_ID_SIZE];
-	int users; /* snapshot requests using cow: detaching waits */
+	int users;      /* snapshot requests using cow: detaching waits */
+	bool detaching; /* no new snapshot may use cow */
 	struct attached *next;
 };
 
@@ -641,13 +642,15 @@ static bool job_pit_intact(void *opaque)
 
 /* A live disk's slab was read: the tracker lets its writes through, and
  * the copier's priority follows the overlay and its own rate. */
+static _Thread_local bool worker_fast;
+
 static void job_read_done(void *opaque, uint64_t first, uint64_t n)
 {
 	struct job *j = opaque;
 	struct cow_stats st;
 	struct timespec now;
 	double secs;
-	uint64_t done = atomic_load(&j->cj.bytes_done);
+	uint64_t done = atomic_load(&j->cj.bytes_read);
 	bool fast;
 
 	cow_copied(j->cow, first, n);
@@ -658,6 +661,13 @@ static void job_read_done(void *opaque, uint64_t first, uint64_t n)
 	fast = st.overlay_bytes > OVERLAY_SOFT_LIMIT(j->cj.m->disk_size) ||
 	       (secs > 2 && (double)done < secs * (double)COPY_MIN_RATE);
 	atomic_store(&j->ioprio, IOPRIO_VALUE(fast ? 2 : 3)); /* best effort : idle */
+	if (fast != worker_fast) {
+		/* CPU too: an idle-class copier may get none under load. Each
+		 * copier worker starts SCHED_IDLE (copier_job.idle_cpu). */
+		struct sched_param sp = {0};
+		pthread_setschedparam(pthread_self(), fast ? SCHED_OTHER : SCHED_IDLE, &sp);
+		worker_fast = fast;
+	}
 }
 
 static const char *copy_error(int r)
@@ -669,6 +679,8 @@ static const char *copy_error(int r)
 		return "the image was opened for writing during the copy";
 	case -ENOBUFS:
 		return "the overlay could not grow: no space in the state folder";
+	case -EUCLEAN:
+		return "changed-block tracking missed a change; the next snapshot reads the whole disk";
 	case -ENOSPC:
 		return "the store is full";
 	case -EIO:
@@ -685,33 +697,45 @@ static const char *copy_error(int r)
  */
 static int live_pit_take(struct ds_engine *e, struct attached *a, struct job *j)
 {
-	struct ds_snapshot_info *prev = NULL;
 	int r;
 
+	(void)e;
 	j->changed = calloc((size_t)(cow_nchunks(a->cow) + 63) / 64 + 1, sizeof(uint64_t));
 	if (!j->changed)
 		return -ENOMEM;
-	if (a->cbt_since[0] && (prev = malloc(sizeof(*prev))) &&
-	    snapshot_root(e, a->cbt_since, prev) == 0 &&
-	    ds_manifest_load(e->store, &prev->manifest, &j->prev) == 0 &&
-	    (j->prev->disk_size != cow_size(a->cow) ||
-	     j->prev->chunk_size != ds_store_chunk_size(e->store))) {
-		ds_manifest_free(j->prev);
-		j->prev = NULL;
-	}
-	free(prev);
 	j->pit.fd = open(a->path, O_RDONLY | O_DIRECT | O_CLOEXEC);
 	if (j->pit.fd < 0)
 		j->pit.fd = open(a->path, O_RDONLY | O_CLOEXEC);
 	if (j->pit.fd < 0)
 		return errno == ENOENT ? -ENODEV : -errno;
 	j->pit.size = cow_size(a->cow);
-	r = cow_start(a->cow, j->changed);
+	r = cow_start(a->cow, j->changed, j->since, &j->gen);
 	if (r == -EBUSY)
 		return -EALREADY; /* the last snapshot's merge still runs */
 	if (r == 0)
 		j->cow = a->cow;
 	return r;
+}
+
+/* The snapshot the changed-block bitmap counts from: its manifest makes
+ * the copy incremental. Caller holds gc_lock. */
+static void load_prev(struct ds_engine *e, struct job *j)
+{
+	struct ds_snapshot_info *prev = malloc(sizeof(*prev));
+
+	if (prev && snapshot_root(e, j->since, prev) == 0 &&
+	    ds_manifest_load(e->store, &prev->manifest, &j->prev) == 0 &&
+	    (j->prev->disk_size != j->cj.m->disk_size || j->prev->chunk_size != j->cj.m->chunk_size)) {
+		ds_manifest_free(j->prev);
+		j->prev = NULL;
+	}
+	free(prev);
+	if (!j->prev)
+		return;
+	j->cj.prev = j->prev;
+	j->cj.changed = j->changed;
+	j->cj.audit_every = AUDIT_EVERY;
+	j->cj.audit_seed = (unsigned)now_s();
 }
 
 static void *copy_thread(void *arg)
@@ -723,20 +747,21 @@ static void *copy_thread(void *arg)
 	int r;
 
 	pthread_rwlock_rdlock(&e->gc_lock);
+	/* Under gc_lock: the previous snapshot's chunks stay while they are
+	 * reused. Gone or unusable, the copy reads the whole disk. */
+	if (j->cow && j->since[0])
+		load_prev(e, j);
 	clock_gettime(CLOCK_MONOTONIC, &j->started);
 	r = copier_backup(&j->cj);
 	if (r == 0 && j->cj.prev && atomic_load(&j->cj.audit_mismatch)) {
-		/* An unchanged chunk changed: the bitmap cannot be trusted. The
-		 * tracker still holds the point in time: read everything. */
+		/* An unchanged chunk changed: the bitmap cannot be trusted, and
+		 * the copied chunks have been let go: this point in time is lost. */
 		log_warn("engine: changed-block tracking of %s is wrong (%llu of %llu audited "
-			 "chunks differ); snapshot %s reads the whole disk",
+			 "chunks differ); snapshot %s fails, the next one reads the whole disk",
 			 j->disk_id, (unsigned long long)atomic_load(&j->cj.audit_mismatch),
 			 (unsigned long long)atomic_load(&j->cj.audited), j->snap_id);
 		cow_distrust(j->cow);
-		j->cj.prev = NULL;
-		j->cj.changed = NULL;
-		atomic_store(&j->cj.bytes_done, 0);
-		r = copier_backup(&j->cj);
+		r = -EUCLEAN;
 	}
 	if (r == 0)
 		r = ds_manifest_save(e->store, j->cj.m, &root);
@@ -745,7 +770,7 @@ static void *copy_thread(void *arg)
 	if (r == -ESTALE && j->cow && cow_failed(j->cow))
 		r = -ENOBUFS;
 	if (j->cow)
-		cow_copy_end(j->cow, r == 0, j->changed);
+		cow_copy_end(j->cow, r == 0, j->changed, j->snap_id);
 	disk_pit_release(&j->pit);
 	ds_manifest_free(j->cj.m);
 	j->cj.m = NULL;
@@ -787,11 +812,9 @@ static void *copy_thread(void *arg)
 	pthread_cond_broadcast(&e->changed);
 	if (j->cow) {
 		struct attached *a = find_attached(e, j->disk_id);
-		if (a && r == 0)
-			snprintf(a->cbt_since, sizeof(a->cbt_since), "%s", j->snap_id);
 		/* The disk's next snapshot waits for this one's merge. */
 		pthread_mutex_unlock(&e->lock);
-		cow_wait_merged(j->cow);
+		cow_wait_merged(j->cow, j->gen);
 		{
 			struct cow_stats st;
 			cow_get_stats(j->cow, &st);
@@ -844,7 +867,7 @@ int ds_snapshot_create(struct ds_engine *e, const char *disk_id,
 		r = -ENOLCK;
 	if (r == 0 && strcmp(d->info.status, "In_use") == 0)
 		a = find_attached(e, disk_id);
-	if (r == 0 && strcmp(d->info.status, "Available") != 0 && !a)
+	if (r == 0 && strcmp(d->info.status, "Available") != 0 && (!a || a->detaching))
 		r = -EBUSY;
 	if (r == 0 && jobs_for_disk(e, disk_id) >= e->max_copies)
 		r = e->max_copies > 1 ? -EUSERS : -EALREADY;
@@ -917,12 +940,6 @@ int ds_snapshot_create(struct ds_engine *e, const char *disk_id,
 			j->cj.ioprio = &j->ioprio;
 			atomic_store(&j->ioprio, IOPRIO_VALUE(3));
 			j->cj.idle_cpu = true;
-			if (j->prev) {
-				j->cj.prev = j->prev;
-				j->cj.changed = j->changed;
-				j->cj.audit_every = AUDIT_EVERY;
-				j->cj.audit_seed = (unsigned)now_s();
-			}
 		}
 		if (!j->cj.m)
 			r = -ENOMEM;
@@ -945,7 +962,7 @@ int ds_snapshot_create(struct ds_engine *e, const char *disk_id,
 out_free:
 	if (j) {
 		if (j->cow)
-			cow_copy_end(j->cow, false, j->changed);
+			cow_copy_end(j->cow, false, j->changed, NULL);
 		disk_pit_release(&j->pit);
 		ds_manifest_free(j->prev);
 		free(j->changed);
@@ -1442,7 +1459,7 @@ static int open_tracker(struct ds_engine *e, const char *id, struct attached *a)
 	if (recovered)
 		log_warn("engine: disk %s: %llu bytes of writes redirected before a crash were "
 			 "merged into it", id, (unsigned long long)recovered);
-	if (!cbt_load(cbt, a->cow, a->path, a->cbt_since, sizeof(a->cbt_since)))
+	if (!cbt_load(cbt, a->cow, a->path))
 		log_info("engine: disk %s: no trusted changed-block bitmap; its next snapshot "
 			 "reads the whole disk", id);
 	return 0;
@@ -1454,8 +1471,8 @@ static void close_tracker(struct ds_engine *e, struct attached *a)
 	char cbt[DS_PATH_MAX + 64];
 
 	disk_file(e, "cbt", a->disk_id, cbt, sizeof(cbt));
-	cow_wait_merged(a->cow);
-	if (cbt_save(cbt, a->cow, a->path, a->cbt_since) < 0)
+	cow_wait_merged(a->cow, 0);
+	if (cbt_save(cbt, a->cow, a->path) < 0)
 		log_warn("engine: cannot save the changed-block bitmap of %s; its next snapshot "
 			 "reads the whole disk", a->disk_id);
 	cow_close(a->cow);
@@ -1547,10 +1564,10 @@ int ds_disk_detach(struct ds_engine *e, const char *id)
 	a = r == 0 ? find_attached(e, id) : NULL;
 	if (r == 0 && !a && strcmp(d->info.status, "In_use") != 0)
 		r = -EINVAL; /* not attached */
-	if (r == 0 && a && (a->users > 0 || job_for_disk(e, id)))
+	if (r == 0 && a && (a->users > 0 || a->detaching || job_for_disk(e, id)))
 		r = -EALREADY; /* a snapshot is being created */
 	if (r == 0 && a)
-		a->users++; /* no snapshot starts while it is detached */
+		a->detaching = true; /* no snapshot starts while it is detached */
 	pthread_mutex_unlock(&e->lock);
 	free(d);
 	if (r < 0)
@@ -1560,7 +1577,7 @@ int ds_disk_detach(struct ds_engine *e, const char *id)
 		r = frontend_detach(a->f, false);
 		if (r < 0) {
 			pthread_mutex_lock(&e->lock);
-			a->users--;
+			a->detaching = false;
 			pthread_mutex_unlock(&e->lock);
 			return r;
 		}

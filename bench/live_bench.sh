@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Live disks, measured with fio (io_uring, O_DIRECT, QD32) on a 4 GiB image:
+#
+#  attach: 4 KiB randwrite, randread, 70/30 randrw and 1 MiB sequential
+#    write on a raw loop device over the image, then on the same image
+#    attached through dsnapd, on each FUSE transport: IOPS and attached/raw.
+#  impact: on the attached disk, each 4 KiB workload runs BEFORE_S seconds
+#    with no snapshot, then again while a snapshot is being created (from
+#    its request to its end): IOPS and p99 latency during / before, the
+#    copy's duration and the overlay's peak.
+#
+#   sudo bench/live_bench.sh [attach|impact|all] [BUILD_DIR]
+#
+# Medians of RUNS (default 3). Root (loop devices, FUSE). Without a build
+# folder it builds a Release tree in build-bench/. Everything it makes lives
+# under one folder in /var/tmp, removed on exit.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+src=$(dirname "$here")
+what=${1:-all}
+build=${2:-}
+RUNS=${RUNS:-3}
+SIZE_MB=${SIZE_MB:-4096}
+RUNTIME=${RUNTIME:-20}   # attach: seconds per fio run
+BEFORE_S=${BEFORE_S:-15} # impact: seconds without a snapshot
+TRANSPORTS=${TRANSPORTS:-"on off"}
+
+[ "$(id -u)" = 0 ] || { echo "live_bench: needs root"; exit 77; }
+command -v fio >/dev/null || { echo "live_bench: needs fio"; exit 77; }
+if [ -z "$build" ]; then
+	cmake -S "$src" -B "$src/build-bench" -DCMAKE_BUILD_TYPE=Release -DDSNAP_TESTS=OFF >/dev/null
+	make -C "$src/build-bench" -j"$(nproc)" dsnap-cli dsnapd >/dev/null
+	build=$src/build-bench
+fi
+DSNAP=$build/cli/dsnap
+DSNAPD=$build/daemon/dsnapd
+
+tmp=$(mktemp -d /var/tmp/dsnap-livebench.XXXXXX)
+img=$tmp/disk.img
+sock=$tmp/dsnapd.sock
+pid= raw= disk=
+cleanup() {
+	[ -n "$raw" ] && losetup -d "$raw" 2>/dev/null
+	[ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+	umount -l "$tmp"/state/mnt/* 2>/dev/null
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+ds() { "$DSNAP" --socket "$sock" "$@"; }
+json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
+
+start_daemon() { # transport; sets dev
+	printf 'fuse_uring = %s\n' "$1" >"$tmp/dsnapd.conf"
+	"$DSNAPD" --socket "$sock" --state "$tmp/state" --config "$tmp/dsnapd.conf" 2>>"$tmp/dsnapd.log" &
+	pid=$!
+	for _ in $(seq 100); do
+		ds describe-disks >/dev/null 2>&1 && break
+		sleep 0.1
+	done
+	[ -n "$disk" ] || disk=$(ds --quiet register-disk --path "$img")
+	dev=$(ds --output json call AttachDisk DiskId="$disk" | json 'd["Device"]')
+}
+stop_daemon() {
+	ds call DetachDisk DiskId="$disk" >/dev/null
+	kill "$pid" && wait "$pid" 2>/dev/null || true
+	pid=
+}
+
+# fio JOB DEVICE SECONDS [extra…] -> "iops p99_us"
+fio_run() {
+	local job=$1 dev=$2 secs=$3 rw bs=4k
+	shift 3
+	case $job in
+	randwrite | randread) rw=$job ;;
+	randrw) rw="randrw --rwmixread=70" ;;
+	seqwrite) rw=write bs=1M ;;
+	esac
+	# shellcheck disable=SC2086
+	fio --name=b --filename="$dev" --ioengine=io_uring --direct=1 --iodepth=32 --bs=$bs \
+		--rw=$rw --time_based --runtime="$secs" --randrepeat=0 --norandommap \
+		--output-format=json "$@" 2>/dev/null | python3 -c '
+import json, sys
+text = sys.stdin.read()
+j = json.loads(text[text.index("{"):])["jobs"][0]
+iops = j["read"]["iops"] + j["write"]["iops"]
+p99 = max(j[d]["clat_ns"].get("percentile", {}).get("99.000000", 0) for d in ("read", "write"))
+print("%.0f %.0f" % (iops, p99 / 1000))'
+}
+
+echo "== machine"
+echo "date:    $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+echo "host:    $(uname -srm), $(nproc) CPUs, $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+echo "cpu:     $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"
+echo "fs:      $(df -PT "$tmp" | awk 'NR == 2 { print $1 " " $2 }')"
+echo "git:     $(git -C "$src" describe --always --dirty 2>/dev/null || echo unknown)"
+echo "fio:     $(fio --version), QD32, O_DIRECT, io_uring; medians of $RUNS"
+
+# The image is written full first: no holes, so every read touches the disk.
+dd if=/dev/urandom of="$img" bs=1M count="$SIZE_MB" status=none
+
+if [ "$what" = attach ] || [ "$what" = all ]; then
+	echo
+	echo "== attach: attached / raw loop device, ${RUNTIME}s per run"
+	printf '%-10s %-10s %10s %10s %8s\n' workload transport "raw IOPS" "attached" ratio
+	raw=$(losetup --find --show --direct-io=on "$img")
+	declare -A RAW
+	for job in randwrite randread randrw seqwrite; do
+		RAW[$job]=$(for _ in $(seq "$RUNS"); do fio_run $job "$raw" "$RUNTIME" | cut -d' ' -f1; done | median)
+	done
+	losetup -d "$raw"
+	raw=
+	for t in $TRANSPORTS; do
+		start_daemon "$t"
+		tname=$(ds --output json describe-disks --disk-ids "$disk" | json 'd["Disks"]["Disk"][0]["Transport"]')
+		for job in randwrite randread randrw seqwrite; do
+			att=$(for _ in $(seq "$RUNS"); do fio_run $job "$dev" "$RUNTIME" | cut -d' ' -f1; done | median)
+			printf '%-10s %-10s %10s %10s %8s\n' "$job" "$tname" "${RAW[$job]}" "$att" "$(ratio "$att" "${RAW[$job]}")"
+		done
+		stop_daemon
+	done
+fi
+
+if [ "$what" = impact ] || [ "$what" = all ]; then
+	echo
+	echo "== impact: IOPS and p99 while a snapshot is being created / before (same disk, same run)"
+	printf '%-10s %-10s %9s %9s %6s %8s %8s %6s %8s %9s\n' workload transport "IOPS bef" "IOPS dur" ratio \
+		"p99 bef" "p99 dur" ratio "copy s" "overlay"
+	for t in $TRANSPORTS; do
+		start_daemon "$t"
+		tname=$(ds --output json describe-disks --disk-ids "$disk" | json 'd["Disks"]["Disk"][0]["Transport"]')
+		for job in randwrite randread randrw; do
+			: >"$tmp/rows"
+			for _ in $(seq "$RUNS"); do
+				read -r ib pb < <(fio_run $job "$dev" "$BEFORE_S")
+				t0=$(date +%s.%N)
+				snap=$(ds --quiet create-snapshot --disk-id "$disk")
+				# fio until the copy ends (its runtime is a ceiling).
+				fio_run $job "$dev" 600 >"$tmp/during" &
+				fpid=$!
+				while [ "$(ds --output json describe-snapshots --snapshot-ids "$snap" |
+					json 'd["Snapshots"]["Snapshot"][0]["Status"]')" = progressing ]; do sleep 0.2; done
+				t1=$(date +%s.%N)
+				pkill -INT -f "fio --name=b --filename=$dev" 2>/dev/null || true
+				wait $fpid || true
+				read -r id pd <"$tmp/during"
+				# the merge runs on; the next round waits for it
+				for _ in $(seq 600); do
+					grep -q "snapshot $snap of $disk: overlay peak" "$tmp/dsnapd.log" && break
+					sleep 0.2
+				done
+				peak=$(sed -n "s/.*snapshot $snap of $disk: overlay peak \([0-9]*\) KiB.*/\1/p" "$tmp/dsnapd.log")
+				echo "$ib $id $(ratio "$id" "$ib") $pb $pd $(ratio "$pd" "$pb")" \
+					"$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') $((${peak:-0} / 1024))" >>"$tmp/rows"
+			done
+			col() { awk -v c="$1" '{ print $c }' "$tmp/rows" | median; }
+			# medians of each column; the ratios are medians of per-run ratios
+			printf '%-10s %-10s %9s %9s %6s %8s %8s %6s %8s %9s\n' "$job" "$tname" "$(col 1)" \
+				"$(col 2)" "$(col 3)" "$(col 4)" "$(col 5)" "$(col 6)" "$(col 7)" "$(col 8) MiB"
+		done
+		stop_daemon
+	done
+fi
