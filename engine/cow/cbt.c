@@ -82,7 +82,7 @@ int cbt_save(const char *path, struct cow *c, const char *base_path)
 	uint64_t *bits = calloc(1, bytes + 8);
 	char tmp[4200];
 	uint8_t h[CBT_HEADER];
-	struct fingerprint fp;
+	struct fingerprint fp = {0};
 	int fd, r = 0;
 
 	if (!bits)
@@ -119,7 +119,7 @@ int cbt_load(const char *path, struct cow *c, const char *base_path)
 	size_t bytes = (size_t)((cow_nchunks(c) + 63) / 64) * 8;
 	uint64_t *bits = calloc(1, bytes + 8);
 	uint8_t h[CBT_HEADER], want[CBT_HEADER];
-	struct fingerprint fp;
+	struct fingerprint fp = {0};
 	bool trusted = false;
 	int fd = open(path, O_RDWR | O_CLOEXEC);
 

@@ -15,7 +15,7 @@
 #  d. the next snapshot is a full copy (a crash leaves no trusted
 #     changed-block bitmap), accomplishes, and exports the disk as it is. It
 #     is the earlier snapshot of the next round.
-# LIVE_CRASH_ROUNDS sets the rounds per transport (default 3), LIVE_CRASH_DELAY
+# LIVE_CRASH_ROUNDS sets the rounds per transport (default 2), LIVE_CRASH_DELAY
 # the seconds from CreateSnapshot to the kill (default random, 0.3-9);
 # LIVE_CRASH_KEEP=DIR keeps the logs and images of a failed check there.
 . "$(dirname "$0")/lib.sh"
@@ -26,7 +26,7 @@ need curl
 [ -e /dev/fuse ] && [ -e /dev/loop-control ] || skip "no FUSE or loop devices"
 on_exit daemon_stop
 SIZE_MB=256
-ROUNDS=${LIVE_CRASH_ROUNDS:-3}
+ROUNDS=${LIVE_CRASH_ROUNDS:-2}
 WRITER=$(realpath "$(dirname "$0")/crash_writer.py")
 LOG=$SCRATCH/dsnapd.log
 
