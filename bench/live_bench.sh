@@ -154,6 +154,8 @@ if [ "$what" = impact ] || [ "$what" = all ]; then
 					sleep 0.2
 				done
 				peak=$(sed -n "s/.*snapshot $snap of $disk: overlay peak \([0-9]*\) KiB.*/\1/p" "$tmp/dsnapd.log")
+				# gone, it leaves no base for an incremental: every round is a full copy
+				ds delete-snapshot --snapshot-id "$snap" >/dev/null
 				echo "$ib $id $(ratio "$id" "$ib") $pb $pd $(ratio "$pd" "$pb")" \
 					"$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') $((${peak:-0} / 1024))" >>"$tmp/rows"
 			done

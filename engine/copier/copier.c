@@ -69,7 +69,7 @@ struct copier {
 	atomic_uint_fast64_t next_slab;
 	atomic_int err;
 	pthread_mutex_t progress_lock;
-	struct timespec t0;
+	double next_free; /* pace: when the next slab may start (CLOCK_MONOTONIC s) */
 };
 
 struct worker {
@@ -135,21 +135,28 @@ static void progress(struct copier *c, const struct slab *sl)
 	pthread_mutex_unlock(&c->progress_lock);
 }
 
-/* With a rate limit, a worker that is ahead of it sleeps. */
-static void pace(struct copier *c)
+/* With a rate limit, each slab takes its share of time: a worker sleeps
+ * until the copy's next free moment (no catching up after a slow spell). */
+static void pace(struct copier *c, uint64_t bytes)
 {
+	uint64_t rate = atomic_load(&c->j->max_rate);
 	struct timespec now, ts;
-	double ahead;
+	double start, until;
 
-	if (!c->j->max_rate)
+	if (!rate)
 		return;
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	ahead = (double)atomic_load(&c->j->bytes_done) / (double)c->j->max_rate -
-		((double)(now.tv_sec - c->t0.tv_sec) + (double)(now.tv_nsec - c->t0.tv_nsec) / 1e9);
-	if (ahead <= 0)
+	pthread_mutex_lock(&c->progress_lock);
+	start = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+	if (c->next_free < start)
+		c->next_free = start;
+	c->next_free += (double)bytes / (double)rate;
+	until = c->next_free;
+	pthread_mutex_unlock(&c->progress_lock);
+	if (until - start <= 0)
 		return;
-	ts.tv_sec = (time_t)ahead;
-	ts.tv_nsec = (long)((ahead - (double)ts.tv_sec) * 1e9);
+	ts.tv_sec = (time_t)(until - start);
+	ts.tv_nsec = (long)((until - start - (double)ts.tv_sec) * 1e9);
 	nanosleep(&ts, NULL);
 }
 
@@ -478,7 +485,7 @@ static void *backup_worker(void *arg)
 		else
 			progress(c, cur);
 		if (r == 0)
-			pace(c);
+			pace(c, cur->n * c->cs);
 		if (r < 0 && have_next) {
 			reap(w, next); /* its buffer must be idle before it is freed */
 			have_next = false;
@@ -563,7 +570,6 @@ static int run(struct copier_job *j, void *(*fn)(void *))
 	if (!w)
 		return -ENOMEM;
 	pthread_mutex_init(&c.progress_lock, NULL);
-	clock_gettime(CLOCK_MONOTONIC, &c.t0);
 	for (unsigned i = 0; i < n && r == 0; i++) {
 		r = worker_init(&w[i], &c);
 		if (r == 0 && pthread_create(&t[i], NULL, fn, &w[i]) != 0)

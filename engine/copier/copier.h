@@ -43,7 +43,9 @@ struct copier_job {
 	 * for the default); read before every slab, so it can change. */
 	atomic_int *ioprio;
 	bool idle_cpu; /* workers run SCHED_IDLE */
-	uint64_t max_rate; /* bytes of the disk per second at most; 0 = no limit */
+	/* bytes of the disk per second at most, 0 = no limit; read before
+	 * every slab, so it can change while the copy runs */
+	atomic_uint_fast64_t max_rate;
 
 	/* results */
 	atomic_uint_fast64_t bytes_read;   /* bytes read from the disk (holes excluded) */

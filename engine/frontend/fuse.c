@@ -101,7 +101,7 @@ _Static_assert(sizeof(struct fuse_init_out) == 64, "fuse_init_out is 64 bytes si
 
 #define NODE_ROOT 1
 #define NODE_DISK 2
-#define MAX_WRITE (256u * 1024)
+#define MAX_WRITE (1024u * 1024)
 #define MAX_PAGES (MAX_WRITE / 4096)
 #define URING_ENTRIES 32
 #define DEV_THREADS 4

@@ -661,6 +661,14 @@ static void job_read_done(void *opaque, uint64_t first, uint64_t n)
 	fast = st.overlay_bytes > OVERLAY_SOFT_LIMIT(j->cj.m->disk_size) ||
 	       (secs > 2 && (double)done < secs * (double)COPY_MIN_RATE);
 	atomic_store(&j->ioprio, IOPRIO_VALUE(fast ? 2 : 3)); /* best effort : idle */
+	/* Starved at idle priority, the copy gets its minimum rate at normal
+	 * priority, and no more: the disk's users keep the rest. Only an
+	 * overlay past its limit lets it run at full speed. */
+	atomic_store(&j->cj.max_rate,
+		     st.overlay_bytes > OVERLAY_SOFT_LIMIT(j->cj.m->disk_size) ? j->e->copy_max_rate
+		     : fast ? (j->e->copy_max_rate ? MIN(j->e->copy_max_rate, 2 * COPY_MIN_RATE)
+						   : 2 * COPY_MIN_RATE)
+			    : j->e->copy_max_rate);
 	if (fast != worker_fast) {
 		/* CPU too: an idle-class copier may get none under load. Each
 		 * copier worker starts SCHED_IDLE (copier_job.idle_cpu). */
@@ -934,7 +942,7 @@ int ds_snapshot_create(struct ds_engine *e, const char *disk_id,
 		j->cj.still_valid = job_pit_intact;
 		j->cj.progress = job_progress;
 		j->cj.opaque = j;
-		j->cj.max_rate = e->copy_max_rate;
+		atomic_store(&j->cj.max_rate, e->copy_max_rate);
 		if (j->cow) {
 			j->cj.read_done = job_read_done;
 			j->cj.ioprio = &j->ioprio;
