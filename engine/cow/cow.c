@@ -113,6 +113,7 @@ struct cow {
 	atomic_bool merging; /* the merger thread runs */
 	atomic_int gate;
 	atomic_long inflight;
+	atomic_uint_fast64_t requests; /* entered, ever: the foreground's pace */
 	pthread_mutex_t mu; /* gate waits, merger waits */
 	pthread_cond_t cv;
 	pthread_mutex_t close_mu; /* one gate closer at a time */
@@ -221,8 +222,14 @@ static ssize_t io_at(struct cow *c, enum cow_where where, bool write, void *buf,
 
 /* ---- the gate --------------------------------------------------------------------- */
 
+uint64_t cow_requests(struct cow *c)
+{
+	return atomic_load_explicit(&c->requests, memory_order_relaxed);
+}
+
 bool cow_enter(struct cow *c)
 {
+	atomic_fetch_add_explicit(&c->requests, 1, memory_order_relaxed);
 	atomic_fetch_add(&c->inflight, 1);
 	if (!atomic_load(&c->gate))
 		return true;

@@ -55,6 +55,8 @@ int cow_overlay_fd(const struct cow *c, bool direct);
  * callback runs.
  */
 bool cow_enter(struct cow *c);
+/* Requests entered so far (the disk's users' I/O rate, for the throttle). */
+uint64_t cow_requests(struct cow *c);
 void cow_leave(struct cow *c);
 void cow_wait_open(struct cow *c);
 void cow_set_wake(struct cow *c, void (*wake)(void *), void *arg);

@@ -96,7 +96,7 @@ for transport in on off; do
 	mkfs.ext4 -q -F "$dev"
 	mkdir -p "$SCRATCH/mnt"
 	mount "$dev" "$SCRATCH/mnt"
-	cp -r /usr/include "$SCRATCH/mnt/before"
+	cp -r /usr/include/linux "$SCRATCH/mnt/before"
 	sync
 	tree_sums "$SCRATCH/mnt" >"$SCRATCH/sums"
 	(n=0; while :; do cp -r /usr/include/linux "$SCRATCH/mnt/during$n" 2>/dev/null || true
