@@ -45,6 +45,7 @@ cleanup() {
 	[ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
 	umount -l "$tmp"/state/mnt/* 2>/dev/null
 	rm -rf "$tmp"
+	return 0
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
