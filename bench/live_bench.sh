@@ -18,6 +18,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(dirname "$here")
+. "$here/lib.sh"
 what=${1:-all}
 build=${2:-}
 RUNS=${RUNS:-3}
@@ -52,7 +53,6 @@ trap 'exit 130' INT TERM HUP
 
 ds() { "$DSNAP" --socket "$sock" "$@"; }
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
 
 start_daemon() { # transport; sets dev
@@ -93,12 +93,7 @@ p99 = max(j[d]["clat_ns"].get("percentile", {}).get("99.000000", 0) for d in ("r
 print("%.0f %.0f" % (iops, p99 / 1000))'
 }
 
-echo "== machine"
-echo "date:    $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-echo "host:    $(uname -srm), $(nproc) CPUs, $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
-echo "cpu:     $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"
-echo "fs:      $(df -PT "$tmp" | awk 'NR == 2 { print $1 " " $2 }')"
-echo "git:     $(git -C "$src" describe --always --dirty 2>/dev/null || echo unknown)"
+machine_info "$tmp" "$src"
 echo "fio:     $(fio --version), QD32, O_DIRECT, io_uring; medians of $RUNS"
 
 # The image is written full first: no holes, so every read touches the disk.

@@ -14,6 +14,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(dirname "$here")
+. "$here/lib.sh"
 RUNS=${RUNS:-3}
 SIZE=${SIZE:-4G}
 
@@ -40,14 +41,8 @@ trap 'exit 130' INT TERM HUP
 drop_cache() { for f in "$@"; do dd if="$f" iflag=nocache count=0 status=none; done; }
 now() { date +%s.%N; }
 mbps() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", b / s / 1e6 }'; }
-median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
-echo "== machine"
-echo "date:    $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-echo "host:    $(uname -srm), $(nproc) CPUs, $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
-echo "cpu:     $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"
-echo "fs:      $(df -PT "$tmp" | awk 'NR == 2 { print $1 " " $2 }')"
-echo "git:     $(git -C "$src" describe --always --dirty 2>/dev/null || echo unknown)"
+machine_info "$tmp" "$src"
 
 echo
 echo "== image: $SIZE ext4 with real files from /usr"

@@ -98,9 +98,6 @@
 #define MERGE_EARLY_BYTES (1ull << 30) /* overlay size past which regions settle during the copy */
 #define START_WAIT_S 30 /* cow_start waits this long for an earlier merge */
 
-#define IOPRIO_CLASS_BE 2
-#define IOPRIO_CLASS_IDLE 3
-#define IOPRIO_CLASS_SHIFT 13
 
 typedef _Atomic uint64_t bits_t;
 
@@ -181,9 +178,10 @@ static size_t words(uint64_t nbits)
 
 /* ---- small helpers ---------------------------------------------------------------- */
 
-static void set_ioprio(int class)
+/* The calling thread's I/O priority (DS_IOPRIO_*). */
+static void set_ioprio(int value)
 {
-	syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0, class << IOPRIO_CLASS_SHIFT);
+	syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0, value);
 }
 
 static uint64_t block_end(const struct cow *c, uint64_t b)
@@ -222,6 +220,15 @@ static ssize_t io_at(struct cow *c, enum cow_where where, bool write, void *buf,
 
 /* ---- the gate --------------------------------------------------------------------- */
 
+/* Wakes whoever waits on cv (gate closers and openers, the merger, merge
+ * waiters); the state they wait for is atomic and set before. */
+static void wake_waiters(struct cow *c)
+{
+	pthread_mutex_lock(&c->mu);
+	pthread_cond_broadcast(&c->cv);
+	pthread_mutex_unlock(&c->mu);
+}
+
 uint64_t cow_requests(struct cow *c)
 {
 	return atomic_load_explicit(&c->requests, memory_order_relaxed);
@@ -240,9 +247,7 @@ bool cow_enter(struct cow *c)
 void cow_leave(struct cow *c)
 {
 	if (atomic_fetch_sub(&c->inflight, 1) == 1 && atomic_load(&c->gate)) {
-		pthread_mutex_lock(&c->mu);
-		pthread_cond_broadcast(&c->cv);
-		pthread_mutex_unlock(&c->mu);
+		wake_waiters(c);
 	}
 }
 
@@ -287,9 +292,7 @@ static void gate_close(struct cow *c)
 static void gate_open(struct cow *c)
 {
 	atomic_store(&c->gate, 0);
-	pthread_mutex_lock(&c->mu);
-	pthread_cond_broadcast(&c->cv);
-	pthread_mutex_unlock(&c->mu);
+	wake_waiters(c);
 	if (c->wake)
 		c->wake(c->wake_arg);
 	pthread_mutex_unlock(&c->close_mu);
@@ -358,9 +361,7 @@ static void fail_snapshot(struct cow *c, int err)
 		 strerror(-err));
 	bits_change(c->copied, 0, c->nchunks, true);
 	atomic_store(&c->active, false);
-	pthread_mutex_lock(&c->mu);
-	pthread_cond_broadcast(&c->cv);
-	pthread_mutex_unlock(&c->mu);
+	wake_waiters(c);
 }
 
 void cow_overlay_abort(struct cow *c, uint64_t off, uint32_t len)
@@ -604,13 +605,11 @@ static void *merger_thread(void *arg)
 
 	if (posix_memalign((void **)&buf, 4096, MERGE_IO)) {
 		log_error("cow: no memory to merge; blocks stay redirected until restart");
-		pthread_mutex_lock(&c->mu);
 		atomic_store(&c->merging, false);
-		pthread_cond_broadcast(&c->cv);
-		pthread_mutex_unlock(&c->mu);
+		wake_waiters(c);
 		return NULL;
 	}
-	set_ioprio(IOPRIO_CLASS_IDLE);
+	set_ioprio(DS_IOPRIO_IDLE);
 	for (uint64_t c0 = 0; c0 < c->nchunks; c0 += region_chunks) {
 		uint64_t c1 = MIN(c->nchunks, c0 + region_chunks);
 		uint64_t b0 = c0 * c->chunk_blocks, b1 = MIN(c->nblocks, c1 * c->chunk_blocks);
@@ -635,9 +634,9 @@ static void *merger_thread(void *arg)
 				break;
 		}
 		gate_close(c);
-		set_ioprio(IOPRIO_CLASS_BE);
+		set_ioprio(DS_IOPRIO_BE);
 		r = settle(c, buf, b0, b1);
-		set_ioprio(IOPRIO_CLASS_IDLE);
+		set_ioprio(DS_IOPRIO_IDLE);
 		gate_open(c);
 		if (r < 0) {
 			log_error("cow: cannot settle the overlay at %llu MiB: %s",
@@ -657,7 +656,7 @@ static void *merger_thread(void *arg)
 	 * the copy, and writes that were in flight to a region when it was
 	 * looked at. */
 	if (bits_any(c->redir, 0, c->nblocks)) {
-		set_ioprio(IOPRIO_CLASS_BE);
+		set_ioprio(DS_IOPRIO_BE);
 		left = settle(c, buf, 0, c->nblocks) < 0;
 		if (left)
 			log_error("cow: blocks stay redirected in the overlay; they are merged at "
@@ -668,10 +667,8 @@ static void *merger_thread(void *arg)
 	atomic_store(&c->merged_gen, atomic_load(&c->started_gen));
 	gate_open(c);
 	free(buf);
-	pthread_mutex_lock(&c->mu);
 	atomic_store(&c->merging, false);
-	pthread_cond_broadcast(&c->cv);
-	pthread_mutex_unlock(&c->mu);
+	wake_waiters(c);
 	return NULL;
 }
 
@@ -738,9 +735,7 @@ int cow_start(struct cow *c, uint64_t *changed_out, char since_out[COW_SINCE_MAX
 void cow_copied(struct cow *c, uint64_t first, uint64_t n)
 {
 	bits_change(c->copied, first, MIN(first + n, c->nchunks), true);
-	pthread_mutex_lock(&c->mu);
-	pthread_cond_broadcast(&c->cv);
-	pthread_mutex_unlock(&c->mu);
+	wake_waiters(c);
 }
 
 void cow_copy_end(struct cow *c, bool ok, const uint64_t *changed_taken, const char *new_since)
@@ -752,9 +747,7 @@ void cow_copy_end(struct cow *c, bool ok, const uint64_t *changed_taken, const c
 			atomic_fetch_or(&c->changed[i], changed_taken[i]);
 	bits_change(c->copied, 0, c->nchunks, true);
 	atomic_store(&c->active, false);
-	pthread_mutex_lock(&c->mu);
-	pthread_cond_broadcast(&c->cv);
-	pthread_mutex_unlock(&c->mu);
+	wake_waiters(c);
 }
 
 bool cow_failed(struct cow *c)
@@ -870,6 +863,21 @@ static int recover(struct cow *c, uint64_t *recovered)
 	return r;
 }
 
+/* Closes the fds and frees the bitmaps and c. */
+static void release(struct cow *c)
+{
+	int fds[] = {c->base_buf, c->base_direct, c->ov_buf, c->ov_direct};
+
+	for (size_t i = 0; i < ARRAY_SIZE(fds); i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	free(c->redir);
+	free(c->dirty);
+	free(c->copied);
+	free(c->changed);
+	free(c);
+}
+
 int cow_open(const char *base_path, const char *overlay_path, uint32_t chunk_size,
 	     struct cow **out, uint64_t *recovered)
 {
@@ -883,7 +891,7 @@ int cow_open(const char *base_path, const char *overlay_path, uint32_t chunk_siz
 	if (!recovered)
 		recovered = &dummy;
 	*recovered = 0;
-	c->base_direct = c->ov_direct = -1;
+	c->base_buf = c->base_direct = c->ov_buf = c->ov_direct = -1;
 	c->base_buf = open(base_path, O_RDWR | O_CLOEXEC);
 	if (c->base_buf < 0 || fstat(c->base_buf, &st) < 0) {
 		r = -errno;
@@ -930,19 +938,7 @@ int cow_open(const char *base_path, const char *overlay_path, uint32_t chunk_siz
 	*out = c;
 	return 0;
 err:
-	if (c->base_buf >= 0)
-		close(c->base_buf);
-	if (c->base_direct >= 0)
-		close(c->base_direct);
-	if (c->ov_buf >= 0)
-		close(c->ov_buf);
-	if (c->ov_direct >= 0)
-		close(c->ov_direct);
-	free(c->redir);
-	free(c->dirty);
-	free(c->copied);
-	free(c->changed);
-	free(c);
+	release(c);
 	return r;
 }
 
@@ -957,21 +953,11 @@ void cow_close(struct cow *c)
 	if (c->merger_started)
 		pthread_join(c->merger, NULL);
 	pthread_mutex_unlock(&c->start_mu);
-	close(c->base_buf);
-	if (c->base_direct >= 0)
-		close(c->base_direct);
-	close(c->ov_buf);
-	if (c->ov_direct >= 0)
-		close(c->ov_direct);
 	pthread_mutex_destroy(&c->mu);
 	pthread_cond_destroy(&c->cv);
 	pthread_mutex_destroy(&c->close_mu);
 	pthread_mutex_destroy(&c->fill_mu);
 	pthread_mutex_destroy(&c->start_mu);
 	pthread_mutex_destroy(&c->since_mu);
-	free(c->redir);
-	free(c->dirty);
-	free(c->copied);
-	free(c->changed);
-	free(c);
+	release(c);
 }

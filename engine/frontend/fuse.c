@@ -446,7 +446,7 @@ static int bio_sync(struct frontend *f, struct bio *b)
 		return sync_all(f);
 	n = b->op == BIO_READ ? cow_pread(f->cow, b->buf, b->len, b->off)
 			      : cow_pwrite(f->cow, b->buf, b->len, b->off);
-	return n < 0 ? (int)n : (int)n;
+	return (int)n;
 }
 
 /* ---- the /dev/fuse transport ------------------------------------------------------ */
@@ -618,7 +618,7 @@ static void submit_bio(struct queue *q, struct entry *e)
 	 * blocks unless a tool writes single sectors). */
 	if (b->op == BIO_WRITE && b->done == 0 && cow_write_needs_fill(cow, b->off, b->len)) {
 		ssize_t n = cow_pwrite(cow, b->buf, b->len, b->off);
-		bio_finish(&e->r, n < 0 ? (int)n : (int)n);
+		bio_finish(&e->r, (int)n);
 		commit(q, e);
 		return;
 	}

@@ -94,7 +94,6 @@ struct attached {
  * falls below this rate or the overlay grows past its limit. */
 #define COPY_MIN_RATE (32ull << 20)  /* bytes per second */
 #define OVERLAY_SOFT_LIMIT(size) MIN((size) / 4, 4ull << 30)
-#define IOPRIO_VALUE(class) ((class) << 13)
 #define FG_WINDOW_NS 200000000ull /* 0.2 s */
 #define FG_BUSY 1000 /* requests per second: the disk is in use, the copy yields */
 #define AUDIT_EVERY 512 /* unchanged chunks: one in this many is read again */
@@ -649,32 +648,36 @@ static bool job_pit_intact(void *opaque)
  * the copier's priority follows the overlay and its own rate. */
 static _Thread_local bool worker_fast;
 
+/* The disk's users' requests per second, over the last window. */
+static uint64_t foreground_rate(struct job *j, uint64_t now_ns)
+{
+	uint64_t last = atomic_load(&j->fg_ns), reqs = cow_requests(j->cow);
+
+	if (now_ns - last >= FG_WINDOW_NS && atomic_compare_exchange_strong(&j->fg_ns, &last, now_ns)) {
+		uint64_t before = atomic_exchange(&j->fg_requests, reqs);
+		atomic_store(&j->fg_rate, last ? (reqs - before) * 1000000000ull / (now_ns - last) : 0);
+	}
+	return atomic_load(&j->fg_rate);
+}
+
 static void job_read_done(void *opaque, uint64_t first, uint64_t n)
 {
 	struct job *j = opaque;
 	struct cow_stats st;
 	struct timespec now;
-	double secs;
-	uint64_t done = atomic_load(&j->cj.bytes_read);
+	uint64_t now_ns, elapsed_ns;
 	bool fast;
 
 	cow_copied(j->cow, first, n);
 	cow_get_stats(j->cow, &st);
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	secs = (double)(now.tv_sec - j->started.tv_sec) +
-	       (double)(now.tv_nsec - j->started.tv_nsec) / 1e9;
-	{
-		/* The foreground's request rate over the last window. */
-		uint64_t ns = (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
-		uint64_t last = atomic_load(&j->fg_ns), reqs = cow_requests(j->cow);
-		if (ns - last >= FG_WINDOW_NS && atomic_compare_exchange_strong(&j->fg_ns, &last, ns)) {
-			uint64_t before = atomic_exchange(&j->fg_requests, reqs);
-			atomic_store(&j->fg_rate, last ? (reqs - before) * 1000000000ull / (ns - last) : 0);
-		}
-	}
+	now_ns = (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
+	elapsed_ns = now_ns - ((uint64_t)j->started.tv_sec * 1000000000ull +
+			      (uint64_t)j->started.tv_nsec);
 	fast = st.overlay_bytes > OVERLAY_SOFT_LIMIT(j->cj.m->disk_size) ||
-	       (secs > 2 && (double)done < secs * (double)COPY_MIN_RATE);
-	atomic_store(&j->ioprio, IOPRIO_VALUE(fast ? 2 : 3)); /* best effort : idle */
+	       (elapsed_ns > 2000000000ull &&
+		(double)atomic_load(&j->cj.bytes_read) < (double)elapsed_ns / 1e9 * COPY_MIN_RATE);
+	atomic_store(&j->ioprio, fast ? DS_IOPRIO_BE : DS_IOPRIO_IDLE);
 	/* While the disk's users are busy, the copy reads at twice its
 	 * minimum rate at most (idle priority alone did not hold it back on
 	 * this VM: the device takes every request, and a copier at 500 MB/s
@@ -682,7 +685,7 @@ static void job_read_done(void *opaque, uint64_t first, uint64_t n)
 	 * limit lets it run free too. */
 	{
 		uint64_t cap = j->e->copy_max_rate, slow = 2 * COPY_MIN_RATE;
-		bool yield = atomic_load(&j->fg_rate) >= FG_BUSY &&
+		bool yield = foreground_rate(j, now_ns) >= FG_BUSY &&
 			     st.overlay_bytes <= OVERLAY_SOFT_LIMIT(j->cj.m->disk_size);
 		atomic_store(&j->cj.max_rate, yield ? (cap ? MIN(cap, slow) : slow) : cap);
 	}
@@ -720,11 +723,10 @@ static const char *copy_error(int r)
  * (cow_start); the copier reads the base. The snapshot the changed-block
  * bitmap counts from, when there is one, makes this copy incremental.
  */
-static int live_pit_take(struct ds_engine *e, struct attached *a, struct job *j)
+static int live_pit_take(struct attached *a, struct job *j)
 {
 	int r;
 
-	(void)e;
 	j->changed = calloc((size_t)(cow_nchunks(a->cow) + 63) / 64 + 1, sizeof(uint64_t));
 	if (!j->changed)
 		return -ENOMEM;
@@ -790,10 +792,11 @@ static void *copy_thread(void *arg)
 	}
 	if (r == 0)
 		r = ds_manifest_save(e->store, j->cj.m, &root);
-	if (r == 0 && !job_pit_intact(j))
-		r = j->cow ? -ENOBUFS : -ESTALE;
-	if (r == -ESTALE && j->cow && cow_failed(j->cow))
+	/* A live disk's point in time is lost only when its overlay filled. */
+	if (j->cow && cow_failed(j->cow) && (r == 0 || r == -ESTALE))
 		r = -ENOBUFS;
+	else if (r == 0 && !job_pit_intact(j))
+		r = -ESTALE;
 	if (j->cow)
 		cow_copy_end(j->cow, r == 0, j->changed, j->snap_id);
 	disk_pit_release(&j->pit);
@@ -910,7 +913,7 @@ int ds_snapshot_create(struct ds_engine *e, const char *disk_id,
 	pthread_mutex_unlock(&e->lock);
 	/* The point in time: from here the copy reads what the disk was now. */
 	if (r == 0 && a)
-		r = live_pit_take(e, a, j);
+		r = live_pit_take(a, j);
 	else if (r == 0 && disk_resolve(d) < 0)
 		r = -ENODEV;
 	else if (r == 0)
@@ -963,7 +966,7 @@ int ds_snapshot_create(struct ds_engine *e, const char *disk_id,
 		if (j->cow) {
 			j->cj.read_done = job_read_done;
 			j->cj.ioprio = &j->ioprio;
-			atomic_store(&j->ioprio, IOPRIO_VALUE(3));
+			atomic_store(&j->ioprio, DS_IOPRIO_IDLE);
 			j->cj.idle_cpu = true;
 		}
 		if (!j->cj.m)

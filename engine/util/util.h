@@ -94,6 +94,11 @@ int fsync_dir(const char *path);
 /* Fills buf with random bytes from the kernel. 0 or -errno. */
 int random_bytes(void *buf, size_t len);
 
+/* I/O priority values (ioprio_set(2), io_uring's sqe->ioprio): best
+ * effort (the default class) and idle, level 0. */
+#define DS_IOPRIO_BE (2 << 13)
+#define DS_IOPRIO_IDLE (3 << 13)
+
 /* Overflow-checked a + b for sizes from outside. */
 static inline bool add_overflows_u64(uint64_t a, uint64_t b, uint64_t *r)
 {

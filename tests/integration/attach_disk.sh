@@ -18,14 +18,7 @@ for transport in on off; do
 	rm -rf "$SCRATCH/state"
 	daemon_start
 	truncate -s 512M "$SCRATCH/disk.img"
-	disk=$(ds register-disk --path "$SCRATCH/disk.img")
-	dev=$(ds --output json call AttachDisk DiskId="$disk" | json 'd["Device"]')
-	[[ $dev == /dev/loop* ]] || fail "AttachDisk answered '$dev'"
-	# Should the test fail half way: its own mount, the loop device while
-	# it still serves this disk, the FUSE mount.
-	on_exit "umount -l $SCRATCH/state/mnt/$disk"
-	on_exit "loop_detach $dev $SCRATCH/state/mnt/$disk/disk"
-	on_exit "umount $SCRATCH/mnt"
+	attach_new disk dev "$SCRATCH/disk.img"
 	info=$(ds --output json describe-disks --disk-ids "$disk")
 	[ "$(echo "$info" | json 'd["Disks"]["Disk"][0]["Status"]')" = In_use ] || fail "not In_use"
 	[ "$(echo "$info" | json 'd["Disks"]["Disk"][0]["Device"]')" = "$dev" ] || fail "Device"

@@ -125,3 +125,17 @@ daemon_stop() { [ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null && wait "
 daemon_kill9() { kill -9 "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null || true; DAEMON_PID=; }
 dsd() { "$DSNAP" --socket "$SCRATCH/dsnapd.sock" "$@"; }
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+
+# attach_new DISK_VAR DEV_VAR IMAGE: registers IMAGE with the test's dsnapd
+# and attaches it; sets the disk id and the loop device. On exit: the
+# test's mount at $SCRATCH/mnt, the loop device while it still serves
+# the disk, the FUSE mount.
+attach_new() {
+	local -n disk_=$1 dev_=$2
+	disk_=$(dsd register-disk --path "$3")
+	dev_=$(dsd --output json call AttachDisk DiskId="$disk_" | json 'd["Device"]')
+	[[ $dev_ == /dev/loop* ]] || fail "AttachDisk answered '$dev_'"
+	on_exit "umount -l $SCRATCH/state/mnt/$disk_"
+	on_exit "loop_detach $dev_ $SCRATCH/state/mnt/$disk_/disk"
+	on_exit "umount $SCRATCH/mnt"
+}

@@ -87,11 +87,7 @@ for transport in on off; do
 	rm -rf "$SCRATCH/state" "$SCRATCH"/*.img
 	daemon_start
 	head -c ${SIZE_MB}M /dev/urandom >"$SCRATCH/disk.img"
-	disk=$(dsd register-disk --path "$SCRATCH/disk.img")
-	dev=$(dsd --output json call AttachDisk DiskId="$disk" | json 'd["Device"]')
-	[[ $dev == /dev/loop* ]] || fail "AttachDisk answered '$dev'"
-	on_exit "umount -l $SCRATCH/state/mnt/$disk"
-	on_exit "loop_detach $dev $SCRATCH/state/mnt/$disk/disk"
+	attach_new disk dev "$SCRATCH/disk.img"
 
 	# The earlier snapshot of the first round; its content is kept to the end.
 	earlier=$(dsd --quiet create-snapshot --disk-id "$disk")

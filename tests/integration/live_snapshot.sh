@@ -54,12 +54,7 @@ for transport in on off; do
 	rm -rf "$SCRATCH/state" "$SCRATCH/disk.img"
 	daemon_start
 	truncate -s ${SIZE_MB}M "$SCRATCH/disk.img"
-	disk=$(dsd register-disk --path "$SCRATCH/disk.img")
-	dev=$(dsd --output json call AttachDisk DiskId="$disk" | json 'd["Device"]')
-	[[ $dev == /dev/loop* ]] || fail "AttachDisk answered '$dev'"
-	on_exit "umount -l $SCRATCH/state/mnt/$disk"
-	on_exit "loop_detach $dev $SCRATCH/state/mnt/$disk/disk"
-	on_exit "umount $SCRATCH/mnt"
+	attach_new disk dev "$SCRATCH/disk.img"
 
 	echo "-- 1. pattern A, snapshot, overwrite with B during the copy"
 	write_dev "$dev" "$SCRATCH/A"

@@ -1,0 +1,15 @@
+# Shared by the benchmark scripts: what machine a figure comes from, and
+# the median of numbers on standard input.
+
+# machine_info FOLDER SOURCE: date, host, CPU, the file system of FOLDER,
+# the git revision of SOURCE.
+machine_info() {
+	echo "== machine"
+	echo "date:    $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+	echo "host:    $(uname -srm), $(nproc) CPUs, $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+	echo "cpu:     $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"
+	echo "fs:      $(df -PT "$1" | awk 'NR == 2 { print $1 " " $2 }')"
+	echo "git:     $(git -C "$2" describe --always --dirty 2>/dev/null || echo unknown)"
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
