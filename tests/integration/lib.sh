@@ -97,11 +97,25 @@ disk_present() { ds --output json describe-disks --disk-ids "$1" | sed -n 's/.*"
 disk_snapshots() { ds describe-snapshots --disk-id "$1" | tail -n +2; }
 
 # Ends a background job of this shell if it is still one (never a process
-# that got its number since).
+# that got its number since), and the command it is running: a subshell
+# loop killed alone leaves its current child (a cp into a mount that then
+# cannot be unmounted). Stopped first, it starts no new one meanwhile.
 stop_job() {
+	local kids i
 	if jobs -p | grep -qx "$1"; then
+		kill -STOP "$1" 2>/dev/null || true
+		kids=$(pgrep -P "$1" || true)
+		[ -z "$kids" ] || kill $kids 2>/dev/null || true
 		kill "$1" 2>/dev/null || true
+		kill -CONT "$1" 2>/dev/null || true
 		wait "$1" 2>/dev/null || true
+		# A child in the middle of a write ends when the write does
+		# (then a zombie until init reaps it: that is gone enough).
+		for ((i = 0; i < 300; i++)); do
+			[ -n "$kids" ] && ps -o stat= -p "${kids//$'\n'/,}" 2>/dev/null | grep -qv '^Z' ||
+				break
+			sleep 0.1
+		done
 	fi
 }
 

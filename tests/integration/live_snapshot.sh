@@ -89,8 +89,7 @@ for transport in on off; do
 
 	echo "-- 4. ext4 with files being written"
 	mkfs.ext4 -q -F "$dev"
-	mkdir -p "$SCRATCH/mnt"
-	mount "$dev" "$SCRATCH/mnt"
+	mount_on_exit "$dev" "$SCRATCH/mnt"
 	cp -r /usr/include/linux "$SCRATCH/mnt/before"
 	sync
 	tree_sums "$SCRATCH/mnt" >"$SCRATCH/sums"
