@@ -2,7 +2,7 @@
  * api_bench: request latency of dsnapd's API under 64 concurrent clients.
  *
  *   api_bench [--dsnapd PATH] [--workdir DIR] [--clients N] [--creates N]
- *             [--describes N] [--runs R] [--disk-size BYTES]
+ *             [--describes N] [--runs R] [--disk-size BYTES] [--poll-ms MS]
  *
  * Notes on the design
  *
@@ -16,7 +16,8 @@
  *       create of one disk while its copy runs is refused
  *       (IncorrectDiskStatus.CreatingSnapshot), so after each create the
  *       client polls DescribeSnapshots with its DiskId and
- *       SnapshotIds=["s-..."] every 2 ms until the snapshot is no longer
+ *       SnapshotIds=["s-..."] every --poll-ms (default 250, what
+ *       `dsnap create-snapshot --wait` does) until the snapshot is no longer
  *       progressing. Only the
  *       CreateSnapshot requests are timed; requests/s is creates over the
  *       phase's wall time, copies and polling included.
@@ -70,10 +71,11 @@ struct opts {
 	const char *workdir;
 	unsigned clients, creates, describes, runs;
 	uint64_t disk_size;
+	unsigned poll_ms;
 };
 
 static struct opts o = {
-	.clients = 64, .creates = 16, .describes = 50, .runs = 3, .disk_size = 1 << 20,
+	.clients = 64, .creates = 16, .describes = 50, .runs = 3, .disk_size = 1 << 20, .poll_ms = 250,
 };
 
 /* The running daemon and its folder, for the clean-up on every path. */
@@ -382,7 +384,7 @@ static void wait_copy(struct client *c, const char *snap)
 	snprintf(form, sizeof(form),
 		 "Action=DescribeSnapshots&DiskId=%s&SnapshotIds=%%5B%%22%s%%22%%5D&MaxResults=1",
 		 c->disk, snap);
-	for (int i = 0; i < 30000; i++) {
+	for (double end = now_s() + 60; now_s() < end;) {
 		struct answer a;
 		bool progressing = false;
 		if (request(form, &a) < 0) {
@@ -401,7 +403,7 @@ static void wait_copy(struct client *c, const char *snap)
 		answer_free(&a);
 		if (!progressing)
 			return;
-		usleep(2000);
+		usleep(o.poll_ms * 1000);
 	}
 	note_error(c, "copy still progressing after 60 s", NULL);
 }
@@ -639,7 +641,7 @@ static void one_run(unsigned run, struct figures *cr, struct figures *de)
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: api_bench [--dsnapd PATH] [--workdir DIR] [--clients N] [--creates N]\n"
-		   "                 [--describes N] [--runs R] [--disk-size BYTES]\n");
+		   "                 [--describes N] [--runs R] [--disk-size BYTES] [--poll-ms MS]\n");
 }
 
 int main(int argc, char **argv)
@@ -648,7 +650,7 @@ int main(int argc, char **argv)
 		{"dsnapd", required_argument, NULL, 'd'},    {"workdir", required_argument, NULL, 'w'},
 		{"clients", required_argument, NULL, 'c'},   {"creates", required_argument, NULL, 'n'},
 		{"describes", required_argument, NULL, 'D'}, {"runs", required_argument, NULL, 'r'},
-		{"disk-size", required_argument, NULL, 's'}, {"help", no_argument, NULL, 'h'},
+		{"disk-size", required_argument, NULL, 's'}, {"poll-ms", required_argument, NULL, 'p'}, {"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0}};
 	static char self_dsnapd[PATH_MAX + 32];
 	struct figures cr[MAX_RUNS], de[MAX_RUNS];
@@ -665,13 +667,14 @@ int main(int argc, char **argv)
 		case 'D': o.describes = (unsigned)strtoul(optarg, NULL, 10); break;
 		case 'r': o.runs = (unsigned)strtoul(optarg, NULL, 10); break;
 		case 's': o.disk_size = strtoull(optarg, NULL, 10); break;
+		case 'p': o.poll_ms = (unsigned)strtoul(optarg, NULL, 10); break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
 	}
 	if (optind != argc || o.clients == 0 || o.clients > MAX_CLIENTS || o.runs == 0 ||
 	    o.runs > MAX_RUNS || o.disk_size == 0 || o.disk_size > (1ull << 30) ||
-	    o.creates > 256) {
+	    o.creates > 256 || o.poll_ms == 0 || o.poll_ms > 10000) {
 		usage(stderr);
 		return 2;
 	}

@@ -1099,25 +1099,25 @@ static const char *const p_export[] = {"SnapshotId", "Path", NULL};
 static const char *const p_snapshot[] = {"SnapshotId", NULL};
 
 static const struct action actions[] = {
-	{"CreateSnapshot", p_create_snapshot, true, create_snapshot},
-	{"DescribeSnapshots", p_describe_snapshots, true, describe_snapshots},
-	{"DeleteSnapshot", p_delete_snapshot, false, delete_snapshot},
-	{"ModifySnapshotAttribute", p_modify_snapshot, false, modify_snapshot},
-	{"DescribeSnapshotsUsage", p_none, false, describe_usage},
-	{"ResetDisk", p_reset_disk, false, reset_disk},
-	{"CreateDisk", p_create_disk, false, create_disk},
-	{"RegisterDisk", p_register_disk, false, register_disk},
-	{"DescribeDisks", p_describe_disks, false, describe_disks},
-	{"DeleteDisk", p_disk, false, delete_disk},
-	{"AttachDisk", p_disk, false, attach_disk},
-	{"DetachDisk", p_disk, false, detach_disk},
-	{"CreateResourceGroup", p_create_rg, false, create_rg},
-	{"ListResourceGroups", p_list_rgs, false, list_rgs},
-	{"DeleteResourceGroup", p_rg, false, delete_rg},
+	{"CreateSnapshot", p_create_snapshot, true, create_snapshot, true},
+	{"DescribeSnapshots", p_describe_snapshots, true, describe_snapshots, true},
+	{"DeleteSnapshot", p_delete_snapshot, false, delete_snapshot, true},
+	{"ModifySnapshotAttribute", p_modify_snapshot, false, modify_snapshot, true},
+	{"DescribeSnapshotsUsage", p_none, false, describe_usage, false},
+	{"ResetDisk", p_reset_disk, false, reset_disk, false},
+	{"CreateDisk", p_create_disk, false, create_disk, false},
+	{"RegisterDisk", p_register_disk, false, register_disk, false},
+	{"DescribeDisks", p_describe_disks, false, describe_disks, false},
+	{"DeleteDisk", p_disk, false, delete_disk, false},
+	{"AttachDisk", p_disk, false, attach_disk, false},
+	{"DetachDisk", p_disk, false, detach_disk, false},
+	{"CreateResourceGroup", p_create_rg, false, create_rg, true},
+	{"ListResourceGroups", p_list_rgs, false, list_rgs, true},
+	{"DeleteResourceGroup", p_rg, false, delete_rg, true},
 	/* local: not in the cloud API */
-	{"ExportSnapshot", p_export, false, export_snapshot},
-	{"VerifySnapshot", p_snapshot, false, verify_snapshot},
-	{"CollectGarbage", p_none, false, collect_garbage},
+	{"ExportSnapshot", p_export, false, export_snapshot, false},
+	{"VerifySnapshot", p_snapshot, false, verify_snapshot, false},
+	{"CollectGarbage", p_none, false, collect_garbage, false},
 };
 
 const struct action *action_find(const char *name)

@@ -379,6 +379,26 @@ static double now_mono(void)
 	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+bool ds_api_quick(struct ds_api *a, const struct ds_api_param *params, size_t n)
+{
+	const char *action = NULL, *disk = NULL;
+	const struct action *act;
+
+	for (size_t i = 0; i < n; i++) {
+		if (!action && strcmp(params[i].key, "Action") == 0)
+			action = params[i].value;
+		else if (!disk && strcmp(params[i].key, "DiskId") == 0)
+			disk = params[i].value;
+	}
+	act = action ? action_find(action) : NULL;
+	if (!act)
+		return true; /* answered with an error at once */
+	/* A snapshot of an attached disk may wait for the last one's merge. */
+	if (act->fn == action_find("CreateSnapshot")->fn && disk)
+		return !ds_disk_is_attached(a->e, disk);
+	return act->quick;
+}
+
 void ds_api_handle(struct ds_api *a, const struct ds_api_caller *caller,
 		   const struct ds_api_param *params, size_t n, struct ds_api_response *resp)
 {

@@ -119,6 +119,7 @@ struct action {
 	const char *const *params; /* allowed parameters besides the common ones */
 	bool tags;                 /* Tag.N.Key / Tag.N.Value allowed */
 	int (*fn)(struct req *q);
+	bool quick; /* never waits on disks or long work (ds_api_quick) */
 };
 const struct action *action_find(const char *name);
 

@@ -1,6 +1,10 @@
+#include <fcntl.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "catalog/catalog.h"
 #include "store/index.h"
@@ -8,9 +12,22 @@
 
 #define CATALOG_VERSION 1
 
+/* Statements are prepared once and kept (reset after each use): preparing
+ * cost more than running most of them, and a request runs several. They
+ * are found by the address of their SQL text, a literal at each call. */
+#define STMT_CACHE 40
+
 struct catalog {
 	sqlite3 *db;
-	sqlite3_stmt *tags_stmt; /* reused: list calls load tags row by row */
+	struct {
+		const char *sql;
+		sqlite3_stmt *st;
+	} cache[STMT_CACHE];
+	int wal_fd; /* the WAL, for catalog_sync */
+	/* Checkpoints run on a connection of their own, outside the caller's
+	 * lock (catalog_checkpoint), never inside a commit. */
+	sqlite3 *ckpt_db;
+	pthread_mutex_t ckpt_lock;
 };
 
 static const char schema[] =
@@ -44,6 +61,35 @@ static const char schema[] =
 	"CREATE INDEX IF NOT EXISTS snapshots_by_seq ON snapshots(seq);"
 	"INSERT OR IGNORE INTO meta(key, value) VALUES('format', 1);";
 
+static int prep(struct catalog *c, const char *sql, sqlite3_stmt **out)
+{
+	int i, r;
+
+	for (i = 0; i < STMT_CACHE && c->cache[i].sql; i++)
+		if (c->cache[i].sql == sql) {
+			*out = c->cache[i].st;
+			return 0;
+		}
+	r = index_prepare(c->db, sql, out);
+	if (r == 0 && i < STMT_CACHE) {
+		c->cache[i].sql = sql;
+		c->cache[i].st = *out;
+	}
+	return r;
+}
+
+/* Done with a statement from prep(): ready for its next use. */
+static void unprep(struct catalog *c, sqlite3_stmt *st)
+{
+	for (int i = 0; i < STMT_CACHE && c->cache[i].sql; i++)
+		if (c->cache[i].st == st) {
+			sqlite3_reset(st);
+			sqlite3_clear_bindings(st);
+			return;
+		}
+	sqlite3_finalize(st);
+}
+
 int catalog_open(const char *path, struct catalog **out)
 {
 	struct catalog *c = calloc(1, sizeof(*c));
@@ -52,23 +98,39 @@ int catalog_open(const char *path, struct catalog **out)
 
 	if (!c)
 		return -ENOMEM;
+	c->wal_fd = -1;
+	pthread_mutex_init(&c->ckpt_lock, NULL);
 	r = index_open(path, 1, &c->db);
 	/* Requests commit with synchronous=NORMAL (WAL): never corrupted, and
 	 * no commit is lost when dsnapd dies, but the last ones may be lost to
-	 * a power failure. The end of a copy commits FULL (catalog_durable). */
+	 * a power failure. The end of a copy is made durable by catalog_sync.
+	 * No commit checkpoints (a checkpoint in a commit held every request
+	 * for its copy and fsyncs): catalog_checkpoint does, on its own
+	 * connection. */
 	if (r == 0)
-		r = index_exec(c->db, "PRAGMA synchronous=NORMAL");
+		r = index_exec(c->db, "PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=0");
 	if (r == 0)
 		r = index_exec(c->db, schema);
 	if (r == 0)
-		r = index_prepare(c->db, "SELECT value FROM meta WHERE key = 'format'", &st);
+		r = prep(c, "SELECT value FROM meta WHERE key = 'format'", &st);
 	if (r == 0) {
 		if (sqlite3_step(st) != SQLITE_ROW)
 			r = -EBADMSG;
 		else if (sqlite3_column_int64(st, 0) > CATALOG_VERSION)
 			r = -EPROTONOSUPPORT;
-		sqlite3_finalize(st);
+		unprep(c, st);
 	}
+	if (r == 0) {
+		/* The WAL exists from the schema's commit on and is kept while
+		 * the connection is open (truncated, never removed). */
+		char wal[DS_PATH_MAX + 8];
+		snprintf(wal, sizeof(wal), "%s-wal", path);
+		c->wal_fd = open(wal, O_RDONLY | O_CLOEXEC);
+		if (c->wal_fd < 0)
+			r = -errno;
+	}
+	if (r == 0)
+		r = index_open(path, 0, &c->ckpt_db);
 	if (r < 0) {
 		catalog_close(c);
 		return r;
@@ -77,17 +139,48 @@ int catalog_open(const char *path, struct catalog **out)
 	return 0;
 }
 
-int catalog_durable(struct catalog *c, bool on)
+/*
+ * Every commit made so far is durable when this returns 0. Frames in the
+ * WAL are durable once the WAL is synced; frames a checkpoint already
+ * copied were synced before it (synchronous=NORMAL syncs the WAL before
+ * each checkpoint and the database after). Needs no lock: concurrent
+ * calls share their fdatasyncs (group commit).
+ */
+int catalog_sync(struct catalog *c)
 {
-	return index_exec(c->db, on ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
+	return fdatasync(c->wal_fd) < 0 ? -errno : 0;
+}
+
+/* A WAL past this is copied into the database and starts over. */
+#define CKPT_WAL_BYTES (4 << 20)
+
+int catalog_checkpoint(struct catalog *c)
+{
+	struct stat st;
+	int rc;
+
+	if (fstat(c->wal_fd, &st) < 0)
+		return -errno;
+	if (st.st_size < CKPT_WAL_BYTES || pthread_mutex_trylock(&c->ckpt_lock) != 0)
+		return 0;
+	/* PASSIVE: copies what no reader still needs, waits for no one;
+	 * the writer restarts the WAL at its next commit once all is in. */
+	rc = sqlite3_wal_checkpoint_v2(c->ckpt_db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+	pthread_mutex_unlock(&c->ckpt_lock);
+	return rc == SQLITE_OK || rc == SQLITE_BUSY ? 0 : index_errno(rc);
 }
 
 void catalog_close(struct catalog *c)
 {
 	if (!c)
 		return;
-	sqlite3_finalize(c->tags_stmt);
+	for (int i = 0; i < STMT_CACHE; i++)
+		sqlite3_finalize(c->cache[i].st);
+	sqlite3_close(c->ckpt_db);
 	sqlite3_close(c->db);
+	pthread_mutex_destroy(&c->ckpt_lock);
+	if (c->wal_fd >= 0)
+		close(c->wal_fd);
 	free(c);
 }
 
@@ -121,11 +214,11 @@ static void copy_text(char *dst, size_t size, sqlite3_stmt *st, int col)
 }
 
 /* Runs a prepared statement to completion; 0 or -errno. */
-static int step_done(sqlite3_stmt *st)
+static int step_done(struct catalog *c, sqlite3_stmt *st)
 {
 	int rc = sqlite3_step(st);
 
-	sqlite3_finalize(st);
+	unprep(c, st);
 	return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : index_errno(rc);
 }
 
@@ -181,19 +274,19 @@ static void disk_read(sqlite3_stmt *st, struct disk_row *d)
 int catalog_disk_insert(struct catalog *c, const struct disk_row *d)
 {
 	sqlite3_stmt *st;
-	int r = index_prepare(c->db, "INSERT INTO disks(" DISK_COLS ") VALUES(?1, ?2, ?3, ?4, ?5, "
+	int r = prep(c, "INSERT INTO disks(" DISK_COLS ") VALUES(?1, ?2, ?3, ?4, ?5, "
 				     "?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)", &st);
 
 	if (r < 0)
 		return r;
 	disk_bind(st, d);
-	return step_done(st);
+	return step_done(c, st);
 }
 
 int catalog_disk_update(struct catalog *c, const struct disk_row *d)
 {
 	sqlite3_stmt *st;
-	int r = index_prepare(c->db, "UPDATE disks SET name = ?2, path = ?3, kind = ?4, "
+	int r = prep(c, "UPDATE disks SET name = ?2, path = ?3, kind = ?4, "
 				     "key_dev = ?5, key_ino = ?6, key_id = ?7, size = ?8, "
 				     "fs_type = ?9, fs_uuid = ?10, fs_label = ?11, status = ?12, "
 				     "owned = ?13, locked = ?14, created = ?15 WHERE id = ?1", &st);
@@ -201,7 +294,7 @@ int catalog_disk_update(struct catalog *c, const struct disk_row *d)
 	if (r < 0)
 		return r;
 	disk_bind(st, d);
-	r = step_done(st);
+	r = step_done(c, st);
 	if (r == 0 && sqlite3_changes(c->db) == 0)
 		r = -ENOENT;
 	return r;
@@ -210,7 +303,7 @@ int catalog_disk_update(struct catalog *c, const struct disk_row *d)
 int catalog_disk_get(struct catalog *c, const char *id, struct disk_row *d)
 {
 	sqlite3_stmt *st;
-	int r = index_prepare(c->db, "SELECT " DISK_COLS " FROM disks WHERE id = ?1", &st);
+	int r = prep(c, "SELECT " DISK_COLS " FROM disks WHERE id = ?1", &st);
 	int rc;
 
 	if (r < 0)
@@ -220,7 +313,7 @@ int catalog_disk_get(struct catalog *c, const char *id, struct disk_row *d)
 	if (rc == SQLITE_ROW)
 		disk_read(st, d);
 	r = rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? -ENOENT : index_errno(rc);
-	sqlite3_finalize(st);
+	unprep(c, st);
 	return r;
 }
 
@@ -231,7 +324,7 @@ int catalog_disk_find_key(struct catalog *c, const struct disk_key *k, char id[D
 
 	/* Files and loop devices: dev and ino, and the backing file's birth
 	 * time (key_id) when both sides know it. Other block devices: key_id. */
-	r = index_prepare(c->db, "SELECT id FROM disks WHERE (key_ino != 0 AND key_dev = ?1 AND "
+	r = prep(c, "SELECT id FROM disks WHERE (key_ino != 0 AND key_dev = ?1 AND "
 				 "key_ino = ?2 AND (key_id = '' OR ?3 = '' OR key_id = ?3)) OR "
 				 "(key_ino = 0 AND key_id != '' AND key_id = ?3)", &st);
 	if (r < 0)
@@ -243,19 +336,19 @@ int catalog_disk_find_key(struct catalog *c, const struct disk_key *k, char id[D
 	if (rc == SQLITE_ROW)
 		copy_text(id, DS_ID_SIZE, st, 0);
 	r = rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? -ENOENT : index_errno(rc);
-	sqlite3_finalize(st);
+	unprep(c, st);
 	return r;
 }
 
 int catalog_disk_delete(struct catalog *c, const char *id)
 {
 	sqlite3_stmt *st;
-	int r = index_prepare(c->db, "DELETE FROM disks WHERE id = ?1", &st);
+	int r = prep(c, "DELETE FROM disks WHERE id = ?1", &st);
 
 	if (r < 0)
 		return r;
 	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-	r = step_done(st);
+	r = step_done(c, st);
 	if (r == 0 && sqlite3_changes(c->db) == 0)
 		r = -ENOENT;
 	return r;
@@ -269,14 +362,14 @@ int catalog_disk_each(struct catalog *c, catalog_disk_fn fn, void *opaque)
 
 	if (!d)
 		return -ENOMEM;
-	r = index_prepare(c->db, "SELECT " DISK_COLS " FROM disks ORDER BY created, id", &st);
+	r = prep(c, "SELECT " DISK_COLS " FROM disks ORDER BY created, id", &st);
 	while (r == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
 		disk_read(st, d);
 		r = fn(d, opaque);
 	}
 	if (r == 0 && rc != SQLITE_DONE)
 		r = index_errno(rc);
-	sqlite3_finalize(st);
+	unprep(c, st);
 	free(d);
 	return r;
 }
@@ -347,15 +440,10 @@ static void snap_read(sqlite3_stmt *st, struct ds_snapshot_info *s)
 static int tags_load(struct catalog *c, struct ds_snapshot_info *s)
 {
 	sqlite3_stmt *st;
-	int r = 0, rc;
+	int r = prep(c, "SELECT key, value FROM tags WHERE snapshot_id = ?1 ORDER BY pos", &st), rc;
 
-	if (!c->tags_stmt)
-		r = index_prepare(c->db, "SELECT key, value FROM tags WHERE snapshot_id = ?1 "
-					 "ORDER BY pos", &c->tags_stmt);
 	if (r < 0)
 		return r;
-	st = c->tags_stmt;
-	sqlite3_reset(st);
 	sqlite3_bind_text(st, 1, s->id, -1, SQLITE_TRANSIENT);
 	s->ntags = 0;
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW && s->ntags < DS_MAX_TAGS) {
@@ -363,14 +451,14 @@ static int tags_load(struct catalog *c, struct ds_snapshot_info *s)
 		copy_text(s->tags[s->ntags].value, sizeof(s->tags[0].value), st, 1);
 		s->ntags++;
 	}
-	sqlite3_reset(st);
+	unprep(c, st);
 	return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : index_errno(rc);
 }
 
 static int tags_store(struct catalog *c, const struct ds_snapshot_info *s)
 {
 	sqlite3_stmt *st;
-	int r = index_prepare(c->db, "INSERT OR REPLACE INTO tags(snapshot_id, key, value, pos) "
+	int r = prep(c, "INSERT OR REPLACE INTO tags(snapshot_id, key, value, pos) "
 				     "VALUES(?1, ?2, ?3, ?4)", &st);
 
 	for (int i = 0; r == 0 && i < s->ntags; i++) {
@@ -381,28 +469,28 @@ static int tags_store(struct catalog *c, const struct ds_snapshot_info *s)
 		r = index_errno(sqlite3_step(st));
 		sqlite3_reset(st);
 	}
-	sqlite3_finalize(st);
+	unprep(c, st);
 	return r;
 }
 
 int catalog_snapshot_insert(struct catalog *c, const struct ds_snapshot_info *s)
 {
 	sqlite3_stmt *st;
-	int r = index_prepare(c->db, "INSERT INTO snapshots(" SNAP_COLS ", seq) VALUES(?1, ?2, ?3, "
+	int r = prep(c, "INSERT INTO snapshots(" SNAP_COLS ", seq) VALUES(?1, ?2, ?3, "
 				     "?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, "
 				     "?18, ?19, (SELECT coalesce(max(seq), 0) + 1 FROM snapshots))", &st);
 
 	if (r < 0)
 		return r;
 	snap_bind(st, s);
-	r = step_done(st);
+	r = step_done(c, st);
 	return r < 0 ? r : tags_store(c, s);
 }
 
 int catalog_snapshot_update(struct catalog *c, const struct ds_snapshot_info *s)
 {
 	sqlite3_stmt *st;
-	int r = index_prepare(c->db, "UPDATE snapshots SET disk_id = ?2, name = ?3, "
+	int r = prep(c, "UPDATE snapshots SET disk_id = ?2, name = ?3, "
 				     "description = ?4, status = ?5, progress = ?6, disk_size = ?7, "
 				     "created = ?8, modified = ?9, retention_days = ?10, "
 				     "automatic = ?11, manifest = ?12, bytes_read = ?13, "
@@ -413,7 +501,7 @@ int catalog_snapshot_update(struct catalog *c, const struct ds_snapshot_info *s)
 	if (r < 0)
 		return r;
 	snap_bind(st, s);
-	r = step_done(st);
+	r = step_done(c, st);
 	if (r == 0 && sqlite3_changes(c->db) == 0)
 		r = -ENOENT;
 	return r;
@@ -422,7 +510,7 @@ int catalog_snapshot_update(struct catalog *c, const struct ds_snapshot_info *s)
 int catalog_snapshot_get(struct catalog *c, const char *id, struct ds_snapshot_info *s)
 {
 	sqlite3_stmt *st;
-	int r = index_prepare(c->db, "SELECT " SNAP_COLS " FROM snapshots WHERE id = ?1", &st);
+	int r = prep(c, "SELECT " SNAP_COLS " FROM snapshots WHERE id = ?1", &st);
 	int rc;
 
 	if (r < 0)
@@ -432,24 +520,24 @@ int catalog_snapshot_get(struct catalog *c, const char *id, struct ds_snapshot_i
 	if (rc == SQLITE_ROW)
 		snap_read(st, s);
 	r = rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? -ENOENT : index_errno(rc);
-	sqlite3_finalize(st);
+	unprep(c, st);
 	return r < 0 ? r : tags_load(c, s);
 }
 
 int catalog_snapshot_delete(struct catalog *c, const char *id)
 {
 	sqlite3_stmt *st;
-	int r = index_prepare(c->db, "DELETE FROM snapshots WHERE id = ?1", &st);
+	int r = prep(c, "DELETE FROM snapshots WHERE id = ?1", &st);
 
 	if (r < 0)
 		return r;
 	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-	r = step_done(st);
+	r = step_done(c, st);
 	if (r == 0 && sqlite3_changes(c->db) == 0)
 		r = -ENOENT;
-	if (r == 0 && index_prepare(c->db, "DELETE FROM tags WHERE snapshot_id = ?1", &st) == 0) {
+	if (r == 0 && prep(c, "DELETE FROM tags WHERE snapshot_id = ?1", &st) == 0) {
 		sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-		r = step_done(st);
+		r = step_done(c, st);
 	}
 	return r;
 }
@@ -463,7 +551,7 @@ int catalog_snapshot_each(struct catalog *c, const char *disk_id, catalog_snapsh
 
 	if (!s)
 		return -ENOMEM;
-	r = index_prepare(c->db, disk_id ? "SELECT " SNAP_COLS " FROM snapshots WHERE disk_id = ?1 "
+	r = prep(c, disk_id ? "SELECT " SNAP_COLS " FROM snapshots WHERE disk_id = ?1 "
 					   "ORDER BY seq"
 					 : "SELECT " SNAP_COLS " FROM snapshots ORDER BY seq",
 			  &st);
@@ -477,7 +565,7 @@ int catalog_snapshot_each(struct catalog *c, const char *disk_id, catalog_snapsh
 	}
 	if (r == 0 && rc != SQLITE_DONE)
 		r = index_errno(rc);
-	sqlite3_finalize(st);
+	unprep(c, st);
 	free(s);
 	return r;
 }
@@ -485,13 +573,13 @@ int catalog_snapshot_each(struct catalog *c, const char *disk_id, catalog_snapsh
 int catalog_fail_progressing(struct catalog *c, const char *why)
 {
 	sqlite3_stmt *st;
-	int r = index_prepare(c->db, "UPDATE snapshots SET status = 'failed', error = ?1 "
+	int r = prep(c, "UPDATE snapshots SET status = 'failed', error = ?1 "
 				     "WHERE status = 'progressing'", &st);
 
 	if (r < 0)
 		return r;
 	sqlite3_bind_text(st, 1, why, -1, SQLITE_STATIC);
-	r = step_done(st);
+	r = step_done(c, st);
 	return r < 0 ? r : sqlite3_changes(c->db);
 }
 
@@ -500,7 +588,7 @@ int catalog_fail_progressing(struct catalog *c, const char *why)
 int catalog_rg_insert(struct catalog *c, const char *id, const char *name, int64_t created)
 {
 	sqlite3_stmt *st;
-	int r = index_prepare(c->db, "INSERT INTO resource_groups(id, name, created) "
+	int r = prep(c, "INSERT INTO resource_groups(id, name, created) "
 				     "VALUES(?1, ?2, ?3)", &st);
 
 	if (r < 0)
@@ -508,13 +596,13 @@ int catalog_rg_insert(struct catalog *c, const char *id, const char *name, int64
 	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 3, created);
-	return step_done(st);
+	return step_done(c, st);
 }
 
 int catalog_rg_get(struct catalog *c, const char *id, char *name, size_t size, int64_t *created)
 {
 	sqlite3_stmt *st;
-	int r = index_prepare(c->db, "SELECT name, created FROM resource_groups WHERE id = ?1", &st);
+	int r = prep(c, "SELECT name, created FROM resource_groups WHERE id = ?1", &st);
 	int rc;
 
 	if (r < 0)
@@ -528,14 +616,14 @@ int catalog_rg_get(struct catalog *c, const char *id, char *name, size_t size, i
 			*created = sqlite3_column_int64(st, 1);
 	}
 	r = rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? -ENOENT : index_errno(rc);
-	sqlite3_finalize(st);
+	unprep(c, st);
 	return r;
 }
 
 int catalog_rg_each(struct catalog *c, catalog_rg_fn fn, void *opaque)
 {
 	sqlite3_stmt *st;
-	int r = index_prepare(c->db, "SELECT id, name, created FROM resource_groups ORDER BY created, id",
+	int r = prep(c, "SELECT id, name, created FROM resource_groups ORDER BY created, id",
 			      &st);
 	int rc = SQLITE_DONE;
 
@@ -544,14 +632,14 @@ int catalog_rg_each(struct catalog *c, catalog_rg_fn fn, void *opaque)
 		       (const char *)sqlite3_column_text(st, 1), sqlite3_column_int64(st, 2), opaque);
 	if (r == 0 && rc != SQLITE_DONE && rc != SQLITE_ROW)
 		r = index_errno(rc);
-	sqlite3_finalize(st);
+	unprep(c, st);
 	return r;
 }
 
 int catalog_rg_delete(struct catalog *c, const char *id)
 {
 	sqlite3_stmt *st;
-	int r = index_prepare(c->db, "SELECT 1 FROM snapshots WHERE resource_group = ?1 LIMIT 1",
+	int r = prep(c, "SELECT 1 FROM snapshots WHERE resource_group = ?1 LIMIT 1",
 			      &st);
 	int rc;
 
@@ -559,14 +647,14 @@ int catalog_rg_delete(struct catalog *c, const char *id)
 		return r;
 	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
 	rc = sqlite3_step(st);
-	sqlite3_finalize(st);
+	unprep(c, st);
 	if (rc == SQLITE_ROW)
 		return -ENOTEMPTY;
-	r = index_prepare(c->db, "DELETE FROM resource_groups WHERE id = ?1", &st);
+	r = prep(c, "DELETE FROM resource_groups WHERE id = ?1", &st);
 	if (r < 0)
 		return r;
 	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-	r = step_done(st);
+	r = step_done(c, st);
 	if (r == 0 && sqlite3_changes(c->db) == 0)
 		r = -ENOENT;
 	return r;
@@ -578,7 +666,7 @@ int catalog_token_get(struct catalog *c, int64_t caller, const char *token, char
 		      size_t asize, char *fingerprint, size_t fsize, char *result, size_t rsize)
 {
 	sqlite3_stmt *st;
-	int r = index_prepare(c->db, "SELECT action, fingerprint, result FROM client_tokens "
+	int r = prep(c, "SELECT action, fingerprint, result FROM client_tokens "
 				     "WHERE caller = ?1 AND token = ?2", &st);
 	int rc;
 
@@ -593,7 +681,7 @@ int catalog_token_get(struct catalog *c, int64_t caller, const char *token, char
 		copy_text(result, rsize, st, 2);
 	}
 	r = rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? -ENOENT : index_errno(rc);
-	sqlite3_finalize(st);
+	unprep(c, st);
 	return r;
 }
 
@@ -601,7 +689,7 @@ int catalog_token_put(struct catalog *c, int64_t caller, const char *token, cons
 		      const char *fingerprint, const char *result, int64_t created)
 {
 	sqlite3_stmt *st;
-	int r = index_prepare(c->db, "INSERT OR REPLACE INTO client_tokens(caller, token, action, "
+	int r = prep(c, "INSERT OR REPLACE INTO client_tokens(caller, token, action, "
 				     "fingerprint, result, created) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
 			      &st);
 
@@ -613,7 +701,7 @@ int catalog_token_put(struct catalog *c, int64_t caller, const char *token, cons
 	sqlite3_bind_text(st, 4, fingerprint, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 5, result, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 6, created);
-	return step_done(st);
+	return step_done(c, st);
 }
 
 int catalog_end_resets(struct catalog *c)
@@ -626,7 +714,7 @@ int catalog_end_resets(struct catalog *c)
 int catalog_count_manual(struct catalog *c, const char *disk_id)
 {
 	sqlite3_stmt *st;
-	int r = index_prepare(c->db, "SELECT count(*) FROM snapshots WHERE disk_id = ?1 AND "
+	int r = prep(c, "SELECT count(*) FROM snapshots WHERE disk_id = ?1 AND "
 				     "automatic = 0", &st);
 	int rc;
 
@@ -635,6 +723,6 @@ int catalog_count_manual(struct catalog *c, const char *disk_id)
 	sqlite3_bind_text(st, 1, disk_id, -1, SQLITE_STATIC);
 	rc = sqlite3_step(st);
 	r = rc == SQLITE_ROW ? sqlite3_column_int(st, 0) : index_errno(rc);
-	sqlite3_finalize(st);
+	unprep(c, st);
 	return r;
 }

@@ -21,9 +21,15 @@ struct catalog;
 int catalog_open(const char *path, struct catalog **out);
 void catalog_close(struct catalog *c);
 
-/* Commits from now on are durable when they return (FULL) or only once
- * the WAL is next synced (NORMAL, the default; safe from a process crash). */
-int catalog_durable(struct catalog *c, bool on);
+/* Commits are durable only once the WAL is next synced (synchronous=NORMAL;
+ * safe from a process crash, the last ones may be lost to a power failure). */
+/* Makes every commit so far durable (fdatasync of the WAL). Safe to call
+ * without the caller's lock, concurrently with other catalog calls. */
+int catalog_sync(struct catalog *c);
+/* Copies the WAL into the database when it has grown past a few MiB, on a
+ * connection of its own: call it without the caller's lock (commits never
+ * checkpoint). Concurrent calls: one runs, the others return. */
+int catalog_checkpoint(struct catalog *c);
 
 int catalog_begin(struct catalog *c);
 int catalog_commit(struct catalog *c);

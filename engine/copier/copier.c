@@ -5,7 +5,7 @@
  *
  * The image is cut into slabs of SLAB_BYTES (whole chunks). Workers, one
  * per CPU, claim slabs in order from an atomic counter. Each worker owns an
- * io_uring and two registered slab buffers, and double-buffers: while it
+ * io_uring and two slab buffers (registered for long copies), and double-buffers: while it
  * hashes, compresses and stores one slab (backup) or writes one (restore),
  * the other slab's I/O is in flight on its ring. So the disk is read with
  * a bounded depth (two slabs per worker) and the CPUs are busy at once.
@@ -19,6 +19,10 @@
  *
  * The first error stops every worker at its next slab; a worker always
  * waits for its in-flight SQEs before it frees their buffers.
+ *
+ * A worker's ring and buffers (its kit) are pooled across copies, and a
+ * copy with one worker runs it in the caller's thread: for small disks,
+ * setting these up was most of a copy's cost (see kit_get).
  */
 #include <fcntl.h>
 #include <pthread.h>
@@ -36,6 +40,7 @@
 #define OP_MAX (1u << 20)
 #define RING_ENTRIES 64
 #define MAX_WORKERS 16
+#define REGISTER_MIN_SLABS 8 /* 32 MiB and more: buffers are registered */
 
 struct op {
 	struct slab *sl;
@@ -72,10 +77,18 @@ struct copier {
 	double next_free; /* pace: when the next slab may start (CLOCK_MONOTONIC s) */
 };
 
+/* A worker's ring and its two slab buffers. */
+struct kit {
+	struct io_uring ring;
+	uint8_t *buf[2];
+	size_t bytes;    /* of each buffer */
+	bool registered; /* buffers registered with the ring */
+};
+
 struct worker {
 	struct copier *c;
-	struct io_uring ring;
-	bool ring_ok;
+	struct kit *kit;
+	struct io_uring *ring;
 	struct slab sl[2];
 };
 
@@ -162,16 +175,16 @@ static void pace(struct copier *c, uint64_t bytes)
 
 static int submit_op(struct worker *w, struct op *op)
 {
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+	struct io_uring_sqe *sqe = io_uring_get_sqe(w->ring);
 	struct slab *sl = op->sl;
 	uint8_t *p = sl->buf + op->buf_off;
 	int fd = w->c->j->fd;
 
 	if (!sqe) {
-		int r = io_uring_submit(&w->ring);
+		int r = io_uring_submit(w->ring);
 		if (r < 0)
 			return r;
-		sqe = io_uring_get_sqe(&w->ring);
+		sqe = io_uring_get_sqe(w->ring);
 		if (!sqe)
 			return -EBUSY;
 	}
@@ -224,8 +237,8 @@ static void reap(struct worker *w, struct slab *sl)
 		struct op *op;
 		int res, r;
 
-		io_uring_submit(&w->ring);
-		r = io_uring_wait_cqe(&w->ring, &cqe);
+		io_uring_submit(w->ring);
+		r = io_uring_wait_cqe(w->ring, &cqe);
 		if (r == -EINTR)
 			continue;
 		if (r < 0) {
@@ -236,7 +249,7 @@ static void reap(struct worker *w, struct slab *sl)
 		}
 		op = io_uring_cqe_get_data(cqe);
 		res = cqe->res;
-		io_uring_cqe_seen(&w->ring, cqe);
+		io_uring_cqe_seen(w->ring, cqe);
 		if (res == -EAGAIN || res == -EINTR) {
 			r = submit_op(w, op);
 		} else if (res < 0) {
@@ -290,7 +303,7 @@ static int queue_wanted(struct worker *w, struct slab *sl, bool write)
 			run = UINT64_MAX;
 		}
 	}
-	if (r == 0 && sl->nops > 0 && io_uring_submit(&w->ring) < 0)
+	if (r == 0 && sl->nops > 0 && io_uring_submit(w->ring) < 0)
 		r = -EIO;
 	return r;
 }
@@ -409,44 +422,105 @@ static int restore_fill(struct worker *w, struct slab *sl, struct ds_chunk *batc
 
 /* ---- workers -------------------------------------------------------------- */
 
+/*
+ * Kits outlive a copy. A fresh slab buffer is faulted in page by page at
+ * its first read and unmapped with a TLB shootdown when freed; on a VM
+ * that cost more than reading, hashing and storing a small disk (7 ms of
+ * CPU for a 1 MiB copy, most of it there). Up to KIT_POOL kits of
+ * SLAB_BYTES buffers are kept, so an idle dsnapd holds at most
+ * KIT_POOL x 8 MiB for them, and only the pages a copy touched.
+ */
+#define KIT_POOL 4
+static pthread_mutex_t kit_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct kit *kit_pool[KIT_POOL];
+static unsigned kit_count;
+
+static void kit_free(struct kit *k)
+{
+	if (!k)
+		return;
+	io_uring_queue_exit(&k->ring);
+	free(k->buf[0]);
+	free(k->buf[1]);
+	free(k);
+}
+
+static struct kit *kit_get(size_t bytes)
+{
+	struct kit *k = NULL;
+
+	if (bytes <= SLAB_BYTES) {
+		pthread_mutex_lock(&kit_lock);
+		if (kit_count > 0)
+			k = kit_pool[--kit_count];
+		pthread_mutex_unlock(&kit_lock);
+		if (k)
+			return k;
+		bytes = SLAB_BYTES;
+	}
+	k = calloc(1, sizeof(*k));
+	if (!k)
+		return NULL;
+	k->bytes = bytes;
+	if (io_uring_queue_init(RING_ENTRIES, &k->ring, 0) < 0) {
+		free(k);
+		return NULL;
+	}
+	if (posix_memalign((void **)&k->buf[0], 4096, bytes) ||
+	    posix_memalign((void **)&k->buf[1], 4096, bytes)) {
+		kit_free(k);
+		return NULL;
+	}
+	return k;
+}
+
+/* Back to the pool when idle (nothing in flight) and of the pooled size. */
+static void kit_put(struct kit *k, bool idle)
+{
+	pthread_mutex_lock(&kit_lock);
+	if (k && idle && k->bytes == SLAB_BYTES && kit_count < KIT_POOL) {
+		kit_pool[kit_count++] = k;
+		k = NULL;
+	}
+	pthread_mutex_unlock(&kit_lock);
+	kit_free(k);
+}
+
 static int worker_init(struct worker *w, struct copier *c)
 {
 	size_t bytes = (size_t)c->slab_chunks * c->cs;
-	struct iovec iov[2];
-	int r;
 
 	memset(w, 0, sizeof(*w));
 	w->c = c;
-	r = io_uring_queue_init(RING_ENTRIES, &w->ring, 0);
-	if (r < 0)
-		return r;
-	w->ring_ok = true;
+	w->kit = kit_get(bytes);
+	if (!w->kit)
+		return -ENOMEM;
+	w->ring = &w->kit->ring;
+	/* Registered buffers save pinning pages on every I/O; without them
+	 * (RLIMIT_MEMLOCK) plain reads and writes work the same. Registering
+	 * pins both buffers at once (1-5 ms on a VM): a copy of a few slabs
+	 * does not repay it, a kit that has them keeps them. */
+	if (!w->kit->registered && c->nslabs >= REGISTER_MIN_SLABS) {
+		struct iovec iov[2] = {{w->kit->buf[0], w->kit->bytes}, {w->kit->buf[1], w->kit->bytes}};
+		w->kit->registered = io_uring_register_buffers(w->ring, iov, 2) == 0;
+	}
 	for (int i = 0; i < 2; i++) {
 		struct slab *sl = &w->sl[i];
-		if (posix_memalign((void **)&sl->buf, 4096, bytes))
-			return -ENOMEM;
+		sl->buf = w->kit->buf[i];
+		sl->buf_index = w->kit->registered ? i : -1;
 		sl->ops = calloc(c->slab_chunks + bytes / OP_MAX + 2, sizeof(*sl->ops));
 		sl->want = calloc(c->slab_chunks, sizeof(*sl->want));
-		sl->ioprio = 0;
 		if (!sl->ops || !sl->want)
 			return -ENOMEM;
-		sl->buf_index = -1;
-		iov[i].iov_base = sl->buf;
-		iov[i].iov_len = bytes;
 	}
-	/* Registered buffers save pinning pages on every I/O; without them
-	 * (RLIMIT_MEMLOCK) plain reads and writes work the same. */
-	if (io_uring_register_buffers(&w->ring, iov, 2) == 0)
-		w->sl[0].buf_index = 0, w->sl[1].buf_index = 1;
 	return 0;
 }
 
-static void worker_release(struct worker *w)
+/* idle: the worker ran to its end, so nothing of its ring is in flight. */
+static void worker_release(struct worker *w, bool idle)
 {
-	if (w->ring_ok)
-		io_uring_queue_exit(&w->ring);
+	kit_put(w->kit, idle);
 	for (int i = 0; i < 2; i++) {
-		free(w->sl[i].buf);
 		free(w->sl[i].ops);
 		free(w->sl[i].want);
 	}
@@ -570,22 +644,29 @@ static int run(struct copier_job *j, void *(*fn)(void *))
 	if (!w)
 		return -ENOMEM;
 	pthread_mutex_init(&c.progress_lock, NULL);
+	/* One worker (a small disk) runs in the caller's thread, unless it
+	 * changes its scheduling class (idle_cpu). */
+	bool inline_one = n == 1 && !j->idle_cpu;
 	for (unsigned i = 0; i < n && r == 0; i++) {
 		r = worker_init(&w[i], &c);
-		if (r == 0 && pthread_create(&t[i], NULL, fn, &w[i]) != 0)
+		if (r == 0 && inline_one)
+			fn(&w[0]);
+		else if (r == 0 && pthread_create(&t[i], NULL, fn, &w[i]) != 0)
 			r = -EAGAIN;
-		if (r == 0)
+		if (r == 0 && !inline_one)
 			started++;
 	}
 	if (r < 0)
 		set_err(&c, r);
 	for (unsigned i = 0; i < started; i++)
 		pthread_join(t[i], NULL);
+	r = atomic_load(&c.err);
+	/* After an error a ring may hold SQEs never submitted: not reused. */
 	for (unsigned i = 0; i < n; i++)
-		worker_release(&w[i]);
+		worker_release(&w[i], r == 0 && w[i].ring && io_uring_sq_ready(w[i].ring) == 0);
 	free(w);
 	pthread_mutex_destroy(&c.progress_lock);
-	return atomic_load(&c.err);
+	return r;
 }
 
 int copier_backup(struct copier_job *j)

@@ -39,8 +39,10 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <dsnap/engine.h>
 #include <dsnap/snapshot.h>
@@ -72,7 +74,9 @@ struct job {
 	atomic_uint_fast64_t fg_requests, fg_ns, fg_rate;
 	atomic_bool cancel;
 	atomic_int progress;
-	pthread_t thread;
+	pthread_t thread; /* a live disk's copy: its own */
+	bool own_thread;
+	struct job *queued; /* next in the runners' queue */
 	bool recorded; /* the copy's result is in the catalog */
 	bool finished; /* ... and the thread is done (a live disk's merge too) */
 	int err;       /* the copy's result, once finished */
@@ -96,6 +100,7 @@ struct attached {
 #define OVERLAY_SOFT_LIMIT(size) MIN((size) / 4, 4ull << 30)
 #define FG_WINDOW_NS 200000000ull /* 0.2 s */
 #define FG_BUSY 1000 /* requests per second: the disk is in use, the copy yields */
+#define RUNNER_NICE 10 /* copies of disks not attached */
 #define AUDIT_EVERY 512 /* unchanged chunks: one in this many is read again */
 
 struct ds_engine {
@@ -108,6 +113,15 @@ struct ds_engine {
 	pthread_rwlock_t gc_lock;
 	struct job *jobs;
 	int max_copies; /* per disk */
+	/* Copies of disks not attached run on up to max_running runner
+	 * threads, in the order they were created; a live disk's copy has a
+	 * thread of its own (its users' writes go to the overlay until it
+	 * has read them: it never waits its turn). */
+	int max_running, nrunners;
+	pthread_t *runners;
+	struct job *queue_head, **queue_tail;
+	pthread_cond_t queue_cond;
+	bool closing; /* runners stop when the queue is empty */
 	uint64_t copy_max_rate;
 	bool stopping;  /* no new copies */
 	int fuse_transport;
@@ -158,13 +172,19 @@ int ds_engine_open(const char *state_dir, const struct ds_engine_options *opt,
 	snprintf(e->dir, sizeof(e->dir), "%s", state_dir);
 	e->lock_fd = -1;
 	e->max_copies = opt && opt->max_copies_per_disk > 0 ? opt->max_copies_per_disk : 1;
+	e->max_running = opt && opt->max_running_copies > 0
+				 ? opt->max_running_copies
+				 : (int)MAX(2L, sysconf(_SC_NPROCESSORS_ONLN));
+	e->runners = calloc((size_t)e->max_running, sizeof(*e->runners));
+	e->queue_tail = &e->queue_head;
+	pthread_cond_init(&e->queue_cond, NULL);
 	e->copy_max_rate = opt ? opt->copy_max_rate : 0;
 	e->fuse_transport = opt ? opt->fuse_transport : 0;
 	pthread_mutex_init(&e->lock, NULL);
 	pthread_cond_init(&e->changed, NULL);
 	pthread_rwlock_init(&e->gc_lock, NULL);
 
-	r = path_in(e, "lock", path, sizeof(path));
+	r = e->runners ? path_in(e, "lock", path, sizeof(path)) : -ENOMEM;
 	if (r == 0) {
 		e->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
 		if (e->lock_fd < 0)
@@ -229,14 +249,22 @@ void ds_engine_close(struct ds_engine *e)
 {
 	if (!e)
 		return;
-	/* Stop copies; each records itself failed before its thread ends. */
+	/* Stop copies; each records itself failed before it ends. The
+	 * runners take what is queued (cancelled, it ends at once). */
 	pthread_mutex_lock(&e->lock);
 	for (struct job *j = e->jobs; j; j = j->next)
 		atomic_store(&j->cancel, true);
+	e->closing = true;
+	pthread_cond_broadcast(&e->queue_cond);
+	pthread_mutex_unlock(&e->lock);
+	for (int i = 0; i < e->nrunners; i++)
+		pthread_join(e->runners[i], NULL);
+	pthread_mutex_lock(&e->lock);
 	while (e->jobs) {
 		struct job *j = e->jobs;
 		pthread_mutex_unlock(&e->lock);
-		pthread_join(j->thread, NULL);
+		if (j->own_thread)
+			pthread_join(j->thread, NULL);
 		pthread_mutex_lock(&e->lock);
 		e->jobs = j->next;
 		free(j);
@@ -265,7 +293,9 @@ void ds_engine_close(struct ds_engine *e)
 		close(e->lock_fd);
 	pthread_mutex_destroy(&e->lock);
 	pthread_cond_destroy(&e->changed);
+	pthread_cond_destroy(&e->queue_cond);
 	pthread_rwlock_destroy(&e->gc_lock);
+	free(e->runners);
 	free(e);
 }
 
@@ -311,8 +341,9 @@ static void reap_jobs(struct ds_engine *e)
 {
 	for (struct job **pj = &e->jobs; *pj;) {
 		struct job *j = *pj;
-		if (j->finished) {
-			pthread_join(j->thread, NULL);
+		/* Never waits under the lock: a thread that has just set
+		 * finished is still exiting; it is joined at a later call. */
+		if (j->finished && (!j->own_thread || pthread_tryjoin_np(j->thread, NULL) == 0)) {
 			*pj = j->next;
 			free(j);
 		} else {
@@ -520,6 +551,16 @@ static struct attached *find_attached(struct ds_engine *e, const char *id)
 		if (strcmp(a->disk_id, id) == 0)
 			return a;
 	return NULL;
+}
+
+bool ds_disk_is_attached(struct ds_engine *e, const char *id)
+{
+	bool yes;
+
+	pthread_mutex_lock(&e->lock);
+	yes = find_attached(e, id) != NULL;
+	pthread_mutex_unlock(&e->lock);
+	return yes;
 }
 
 int ds_disk_get(struct ds_engine *e, const char *id, struct ds_disk_info *info)
@@ -765,9 +806,29 @@ static void load_prev(struct ds_engine *e, struct job *j)
 	j->cj.audit_seed = (unsigned)now_s();
 }
 
-static void *copy_thread(void *arg)
+/*
+ * Requests first: while a runner reads, hashes and stores, its thread runs
+ * at a lower CPU priority (nice is per thread on Linux), and at the normal
+ * one again before it takes the engine lock to record the end, or a
+ * request waiting for that lock would wait for a thread that gets little
+ * CPU. Going back needs CAP_SYS_NICE (or RLIMIT_NICE); without it copies
+ * run at the normal priority throughout.
+ */
+static void background(bool on)
 {
-	struct job *j = arg;
+	static int can = -1;
+
+	if (can < 0) {
+		struct rlimit rl;
+		can = geteuid() == 0 || (getrlimit(RLIMIT_NICE, &rl) == 0 && rl.rlim_cur >= 20);
+	}
+	if (can)
+		setpriority(PRIO_PROCESS, (id_t)gettid(), on ? RUNNER_NICE : 0);
+}
+
+/* A copy, from its point in time to its end in the catalog. */
+static void copy_run(struct job *j, bool nice)
+{
 	struct ds_engine *e = j->e;
 	struct ds_snapshot_info *s = malloc(sizeof(*s));
 	ds_chunk_id root;
@@ -779,6 +840,8 @@ static void *copy_thread(void *arg)
 	if (j->cow && j->since[0])
 		load_prev(e, j);
 	clock_gettime(CLOCK_MONOTONIC, &j->started);
+	if (nice)
+		background(true);
 	r = copier_backup(&j->cj);
 	if (r == 0 && j->cj.prev && atomic_load(&j->cj.audit_mismatch)) {
 		/* An unchanged chunk changed: the bitmap cannot be trusted, and
@@ -802,6 +865,8 @@ static void *copy_thread(void *arg)
 	disk_pit_release(&j->pit);
 	ds_manifest_free(j->cj.m);
 	j->cj.m = NULL;
+	if (nice)
+		background(false);
 
 	pthread_mutex_lock(&e->lock);
 	if (!s)
@@ -827,14 +892,23 @@ static void *copy_thread(void *arg)
 			log_warn("engine: snapshot %s of %s failed: %s", j->snap_id, j->disk_id,
 				 s->error);
 		}
-		/* What a copy ends with is kept through a power failure: a
-		 * snapshot shown accomplished stays so. */
-		catalog_durable(e->cat, true);
 		if (catalog_snapshot_update(e->cat, s) < 0)
 			log_error("engine: cannot record the end of snapshot %s", j->snap_id);
-		catalog_durable(e->cat, false);
 	}
 	free(s);
+	/* What a copy ends with is kept through a power failure: a snapshot
+	 * shown accomplished stays so. The job shows it progressing until the
+	 * commit is synced, which is done without the lock. */
+	pthread_mutex_unlock(&e->lock);
+	{
+		int sr = catalog_sync(e->cat);
+		if (sr < 0)
+			log_error("engine: cannot sync the catalog: %s", strerror(-sr));
+		sr = catalog_checkpoint(e->cat);
+		if (sr < 0)
+			log_warn("engine: catalog checkpoint failed: %s", strerror(-sr));
+	}
+	pthread_mutex_lock(&e->lock);
 	j->err = r;
 	j->recorded = true;
 	pthread_cond_broadcast(&e->changed);
@@ -861,7 +935,62 @@ static void *copy_thread(void *arg)
 	pthread_cond_broadcast(&e->changed);
 	pthread_mutex_unlock(&e->lock);
 	pthread_rwlock_unlock(&e->gc_lock);
+}
+
+static void *copy_thread(void *arg)
+{
+	copy_run(arg, false);
 	return NULL;
+}
+
+/* Runs queued copies one after the other until the engine closes. At most
+ * max_running run at once: more would only share the CPUs and the disk
+ * (and each holds its buffers); a runner thread costs its creation once. */
+static void *runner(void *arg)
+{
+	struct ds_engine *e = arg;
+
+	pthread_mutex_lock(&e->lock);
+	for (;;) {
+		struct job *j = e->queue_head;
+		if (!j) {
+			if (e->closing)
+				break;
+			pthread_cond_wait(&e->queue_cond, &e->lock);
+			continue;
+		}
+		e->queue_head = j->queued;
+		if (!e->queue_head)
+			e->queue_tail = &e->queue_head;
+		pthread_mutex_unlock(&e->lock);
+		copy_run(j, true);
+		pthread_mutex_lock(&e->lock);
+	}
+	pthread_mutex_unlock(&e->lock);
+	return NULL;
+}
+
+/* Starts a copy: its own thread for a live disk, else the runners' queue
+ * (runners are started as copies come, up to max_running, and stay).
+ * Caller holds lock. */
+static int copy_start(struct ds_engine *e, struct job *j)
+{
+	if (j->cow) {
+		if (pthread_create(&j->thread, NULL, copy_thread, j) != 0)
+			return -EAGAIN;
+		j->own_thread = true;
+		return 0;
+	}
+	if (e->nrunners < e->max_running &&
+	    pthread_create(&e->runners[e->nrunners], NULL, runner, e) == 0)
+		e->nrunners++;
+	if (e->nrunners == 0)
+		return -EAGAIN;
+	j->queued = NULL;
+	*e->queue_tail = j;
+	e->queue_tail = &j->queued;
+	pthread_cond_signal(&e->queue_cond);
+	return 0;
 }
 
 int ds_snapshot_create(struct ds_engine *e, const char *disk_id,
@@ -971,8 +1100,8 @@ int ds_snapshot_create(struct ds_engine *e, const char *disk_id,
 		}
 		if (!j->cj.m)
 			r = -ENOMEM;
-		else if (pthread_create(&j->thread, NULL, copy_thread, j) != 0)
-			r = -EAGAIN;
+		else
+			r = copy_start(e, j);
 		if (r < 0) {
 			catalog_snapshot_delete(e->cat, s->id);
 			ds_manifest_free(j->cj.m);
@@ -1006,8 +1135,10 @@ static void snapshot_live(struct ds_engine *e, struct ds_snapshot_info *s)
 {
 	struct job *j = job_for_snapshot(e, s->id);
 
-	if (j && !j->recorded)
+	if (j && !j->recorded) {
+		snprintf(s->status, sizeof(s->status), "progressing");
 		s->progress = atomic_load(&j->progress);
+	}
 }
 
 int ds_snapshot_get(struct ds_engine *e, const char *id, struct ds_snapshot_info *info)
@@ -1370,6 +1501,11 @@ int ds_engine_expire(struct ds_engine *e, int64_t now, int *released)
 	struct expire_ctx c = {.now = now};
 	int r, n = 0;
 
+	/* The maintenance pass keeps the catalog's WAL short when no copy
+	 * ends to do it. */
+	r = catalog_checkpoint(e->cat);
+	if (r < 0)
+		log_warn("engine: catalog checkpoint failed: %s", strerror(-r));
 	pthread_mutex_lock(&e->lock);
 	r = catalog_snapshot_each(e->cat, NULL, find_expired, &c);
 	pthread_mutex_unlock(&e->lock);

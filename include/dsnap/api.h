@@ -68,6 +68,15 @@ DS_EXPORT void ds_api_handle(struct ds_api *a, const struct ds_api_caller *calle
 			     struct ds_api_response *resp);
 DS_EXPORT void ds_api_response_release(struct ds_api_response *resp);
 
+/*
+ * True when answering the request never waits on a disk or on long work
+ * (describe calls, a snapshot of a disk that is not attached, a malformed
+ * request): a server may answer it on a thread that serves other requests
+ * too. False for the rest (restores, exports, attach, GC, ...), which
+ * should get a thread of their own.
+ */
+DS_EXPORT bool ds_api_quick(struct ds_api *a, const struct ds_api_param *params, size_t n);
+
 /* An error answer of the API's shape for a request that never reached an
  * action (malformed encoding, body too large, wrong method or path). */
 DS_EXPORT void ds_api_reject(struct ds_api *a, int status, const char *code, const char *message,

@@ -40,6 +40,8 @@ struct ds_engine_options {
 	int max_copies_per_disk;  /* snapshots of one disk created at once; 0 = 1 */
 	int fuse_transport;       /* attached disks: 0 auto, 1 io_uring only, 2 /dev/fuse */
 	uint64_t copy_max_rate;   /* bytes per second a snapshot's copy reads at most; 0 = no limit */
+	int max_running_copies;   /* copies of disks not attached that read at once (the rest
+				   * wait their turn, progressing at 0%); 0 = one per CPU, at least 2 */
 };
 
 /*
@@ -93,6 +95,8 @@ DS_EXPORT int ds_disk_create(struct ds_engine *e, uint64_t size, const char *nam
 /* Creates a new image file in the state folder filled from a snapshot. */
 DS_EXPORT int ds_disk_create_from_snapshot(struct ds_engine *e, const char *snapshot_id,
 					   const char *name, char id_out[DS_ID_SIZE]);
+/* Whether dsnapd serves the disk now (AttachDisk); false for an unknown id. */
+DS_EXPORT bool ds_disk_is_attached(struct ds_engine *e, const char *id);
 /* Fills info, with path re-resolved (a renumbered loop device is found
  * again by its backing file); info->present is false when it is gone. */
 DS_EXPORT int ds_disk_get(struct ds_engine *e, const char *id, struct ds_disk_info *info);

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Requests that meet a copy still running (API.md "Preconditions", doc/dsnapd.md
 "Lifecycle"): a second snapshot of the disk, the concurrency quota, deleting,
-resetting from or cloning a progressing snapshot, deleting its disk, and
-SIGTERM in the middle of copies.
+resetting from or cloning a progressing snapshot, deleting its disk,
+copies waiting their turn (max_running_copies), and SIGTERM in the middle of
+copies.
 
 The copies read a 1 GiB image of incompressible data (DSNAP_API_BIG_MIB
 changes it), so each lasts a second or more; BigImage.refresh() gives every
@@ -139,6 +140,38 @@ class ConcurrentCopiesAndStop(BusyMixin, ApiTest):
                 "The number of snapshots being created for the disk %s has exceeded the "
                 "concurrent quota (2). Please wait for the previous snapshots to complete "
                 "before trying again." % disk)
+
+
+class CopiesWaitTheirTurn(BusyMixin, ApiTest):
+    """max_running_copies: copies beyond it wait, progressing at 0%, and run in
+    the order they were asked for; a stop fails the waiting ones too."""
+    CONFIG = {"max_running_copies": 1}
+
+    def test_queue_then_sigterm(self):
+        disk = self.assertOk(self.call("RegisterDisk", {"Path": big.path}))["DiskId"]
+        small = [self.new_disk(size=1 << 20)[0] for _ in range(3)]
+        big.refresh()
+        first = self.start_copy(disk)
+        waiting = [self.start_copy(d) for d in small]
+        self.still_progressing(first)
+        for sid in waiting:
+            s = self.snapshot(sid)
+            self.assertEqual((s["Status"], s["Progress"]), ("progressing", "0%"), s)
+        for sid in [first] + waiting:
+            self.assertEqual(self.wait_snapshot(sid)["Status"], "accomplished")
+
+        big.refresh()
+        first = self.start_copy(disk)
+        queued = self.start_copy(small[0])
+        self.still_progressing(first)
+        rc, took = self.d.stop()
+        self.assertEqual(rc, 0, self.d.log()[-3000:])
+        self.assertLess(took, 5.0, "dsnapd took %.1f s to stop" % took)
+        self.d.start()
+        for sid in (first, queued):
+            self.assertEqual(self.snapshot(sid)["Status"], "failed")
+        sid = self.start_copy(small[0])
+        self.assertEqual(self.wait_snapshot(sid)["Status"], "accomplished")
 
 
 if __name__ == "__main__":
