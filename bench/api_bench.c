@@ -16,8 +16,8 @@
  *       create of one disk while its copy runs is refused
  *       (IncorrectDiskStatus.CreatingSnapshot), so after each create the
  *       client polls DescribeSnapshots with its DiskId and
- *       SnapshotIds=["s-..."] every --poll-ms (default 250, what
- *       `dsnap create-snapshot --wait` does) until the snapshot is no longer
+ *       SnapshotIds=["s-..."] every --poll-ms (default 250, where
+ *       `dsnap create-snapshot --wait` settles) until the snapshot is no longer
  *       progressing. Only the
  *       CreateSnapshot requests are timed; requests/s is creates over the
  *       phase's wall time, copies and polling included.

@@ -250,6 +250,7 @@ static int wait_snapshot(struct client *c, const char *id)
 	char ids[96], status[32] = "", progress[16] = "";
 	bool tty = isatty(STDERR_FILENO);
 	int last = -1;
+	useconds_t delay = 10000;
 
 	snprintf(ids, sizeof(ids), "[\"%s\"]", id);
 	for (;;) {
@@ -296,7 +297,10 @@ static int wait_snapshot(struct client *c, const char *id)
 		last = pct;
 		if (strcmp(status, "progressing") != 0)
 			break;
-		usleep(250000);
+		/* Short copies end in tens of milliseconds: poll fast at
+		 * first, then every 250 ms. */
+		usleep(delay);
+		delay = delay * 2 > 250000 ? 250000 : delay * 2;
 	}
 	if (!quiet && tty)
 		fputc('\n', stderr);
