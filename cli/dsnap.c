@@ -120,6 +120,32 @@ static void camel(const char *kebab, char *out, size_t size)
 	out[k] = '\0';
 }
 
+static void kebab(const char *camel_name, char *out, size_t size);
+
+/* build() returns it after printing a command's help: exit 0. */
+#define HELP_SHOWN (-1)
+
+/* dsnap COMMAND --help: the command's flags, from the API's own table. */
+static void command_help(const char *command, const char *action)
+{
+	bool tags = false;
+	const char *const *params = ds_api_action_params(action, &tags);
+	char flag[160];
+
+	printf("usage: dsnap [GLOBAL OPTIONS] %s", command);
+	for (size_t i = 0; params && params[i]; i++) {
+		kebab(params[i], flag, sizeof(flag));
+		printf(" [--%s VALUE]", flag);
+	}
+	if (tags)
+		printf(" [--tag KEY=VALUE]...");
+	if (strcmp(action, "CreateSnapshot") == 0)
+		printf(" [--wait]");
+	printf("\nSends the %s action; each flag is the parameter of the same name in\n"
+	       "doc/dsnapd.md (--disk-id is DiskId). Lists take \"a,b\" or a JSON array.\n",
+	       action);
+}
+
 /* "a,b" -> ["a","b"]; a value already starting with '[' is left alone. */
 static char *id_list(const char *v)
 {
@@ -443,6 +469,11 @@ static int build(int argc, char **argv, struct params *p, bool *wait)
 				"'dsnap call' sends any action)\n", argv[0]);
 		return EXIT_USAGE;
 	}
+	for (int i = 1; i < argc; i++)
+		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+			command_help(argv[0], action);
+			return HELP_SHOWN;
+		}
 	if (add_param(p, "Action", action) < 0)
 		return EXIT_FAIL;
 	for (int i = 1; i < argc; i++) {
@@ -549,7 +580,7 @@ int main(int argc, char **argv)
 	rc = build(argc - optind, argv + optind, &p, &wait);
 	if (rc) {
 		ds_api_params_free(p.v, p.n);
-		return rc;
+		return rc == HELP_SHOWN ? 0 : rc;
 	}
 	if (!local && (!socket_path || !*socket_path)) {
 		if (socket_answers(def_socket))

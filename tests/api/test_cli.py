@@ -99,6 +99,18 @@ class Cli(ApiTest):
         self.assertEqual(json.loads(out)["Code"], "InvalidAction.NotFound")
         self.assertEqual(self.describe({"DiskId": disk})["TotalCount"], 0)
 
+    def test_command_help(self):
+        # Help needs no daemon: the flags come from the API's own table.
+        rc, out, err = self.dsnap("create-snapshot", "--help", socket="/nonexistent")
+        self.assertEqual(rc, 0, (out, err))
+        for flag in ["--disk-id", "--snapshot-name", "--retention-days", "--tag KEY=VALUE",
+                     "--wait"]:
+            self.assertIn(flag, out)
+        rc, out, err = self.dsnap("reset-disk", "-h", socket="/nonexistent")
+        self.assertEqual(rc, 0, (out, err))
+        self.assertIn("--snapshot-id", out)
+        self.assertNotIn("--wait", out)
+
     def test_dead_socket(self):
         dead = os.path.join(self.tmp, "dead.sock")
         rc, out, err = self.dsnap("describe-snapshots", socket=dead)
