@@ -335,9 +335,11 @@ static json_object *snapshot_json(const struct ds_snapshot_info *s)
 	add_str(o, "Status", s->status);
 	snprintf(buf, sizeof(buf), "%d%%", s->progress);
 	add_str(o, "Progress", buf);
-	/* Readable (restore, export, CreateDisk) once the copy is done; instant
-	 * access during the copy comes with attached disks. */
-	add_bool(o, "Available", strcmp(s->status, "accomplished") == 0);
+	/* Instant access: readable (export, CreateDisk, AttachSnapshot) from
+	 * the moment the point in time is fixed, which is when the snapshot is
+	 * recorded progressing. */
+	add_bool(o, "Available", strcmp(s->status, "accomplished") == 0 ||
+				     strcmp(s->status, "progressing") == 0);
 	add_str(o, "SourceDiskId", s->disk_id);
 	snprintf(buf, sizeof(buf), "%lld", (long long)gib_up(s->disk_size));
 	add_str(o, "SourceDiskSize", buf);
@@ -1034,6 +1036,48 @@ static int export_snapshot(struct req *q)
 	return r < 0 ? api_engine_error(q, r, NULL) : 0;
 }
 
+static int attach_snapshot(struct req *q)
+{
+	struct ds_snapshot_info *s = malloc(sizeof(*s));
+	const char *id;
+	char dev[32];
+	int r = s ? snapshot_for(q, s, &id) : api_error(q, "InternalError");
+
+	free(s);
+	if (r < 0)
+		return -1;
+	r = ds_snapshot_attach(q->a->e, id, dev);
+	if (r == -EPERM)
+		return api_error(q, "OperationDenied.NeedRoot");
+	if (r == -EEXIST)
+		return api_error(q, "IncorrectSnapshotStatus.Attached");
+	if (r == -EBUSY || r == -ENODATA || r == -EAGAIN)
+		return api_error(q, "IncorrectSnapshotStatus");
+	if (r < 0)
+		return api_engine_error(q, r, NULL);
+	add_str(q->out, "Device", dev);
+	return 0;
+}
+
+static int detach_snapshot(struct req *q)
+{
+	struct ds_snapshot_info *s = malloc(sizeof(*s));
+	const char *id;
+	int r = s ? snapshot_for(q, s, &id) : api_error(q, "InternalError");
+
+	free(s);
+	if (r < 0)
+		return -1;
+	r = ds_snapshot_detach(q->a->e, id);
+	if (r == -EINVAL)
+		return api_error(q, "IncorrectSnapshotStatus.NotAttached");
+	if (r == -EBUSY)
+		return api_error(q, "IncorrectSnapshotStatus.InUse");
+	if (r == -EAGAIN)
+		return api_error(q, "IncorrectSnapshotStatus");
+	return r < 0 ? api_engine_error(q, r, NULL) : 0;
+}
+
 static int verify_snapshot(struct req *q)
 {
 	struct ds_snapshot_info *s = malloc(sizeof(*s));
@@ -1117,6 +1161,8 @@ static const struct action actions[] = {
 	/* local: not in the cloud API */
 	{"ExportSnapshot", p_export, false, export_snapshot, false},
 	{"VerifySnapshot", p_snapshot, false, verify_snapshot, false},
+	{"AttachSnapshot", p_snapshot, false, attach_snapshot, false},
+	{"DetachSnapshot", p_snapshot, false, detach_snapshot, false},
 	{"CollectGarbage", p_none, false, collect_garbage, false},
 };
 

@@ -86,6 +86,10 @@ static const struct api_err errors[] = {
 	{"IncorrectDiskStatus.NotAttached", 403, "The specified disk is not attached."},
 	{"IncorrectDiskStatus.InUse", 403,
 	 "The disk's device is mounted or open; unmount it before detaching."},
+	{"IncorrectSnapshotStatus.NotAttached", 403, "The specified snapshot is not attached."},
+	{"IncorrectSnapshotStatus.Attached", 403, "The specified snapshot is attached already."},
+	{"IncorrectSnapshotStatus.InUse", 403,
+	 "The snapshot's device is mounted or open; unmount it before detaching."},
 	{"InternalError", 500, "The request processing has failed due to some unknown error."},
 };
 

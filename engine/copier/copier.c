@@ -548,10 +548,13 @@ static void *backup_worker(void *arg)
 			next->err = r;
 		reap(w, cur);
 		r = cur->err;
-		if (r == 0 && c->j->read_done)
-			c->j->read_done(c->j->opaque, cur->first, cur->n);
 		if (r == 0)
 			r = backup_store(w, cur, batch);
+		/* After the store: once a live disk's tracker counts a chunk
+		 * copied, its id is final (instant access reads it from the
+		 * store from then on). */
+		if (r == 0 && c->j->read_done)
+			c->j->read_done(c->j->opaque, cur->first, cur->n);
 		if (r == 0 && c->j->still_valid && !c->j->still_valid(c->j->opaque))
 			r = -ESTALE;
 		if (r < 0)

@@ -31,7 +31,7 @@ struct copier_job {
 	ds_progress_fn progress;   /* may be called from any worker, one at a time */
 	void *opaque;
 	/* backup: called once a slab's chunks [first, first + n) have been
-	 * read (before they are stored). May be NULL. */
+	 * read and stored, their ids in m final. May be NULL. */
 	void (*read_done)(void *opaque, uint64_t first, uint64_t n);
 	/* backup, incremental: chunks whose bit in changed is clear are not
 	 * read; they keep prev's ids. One unchanged chunk in audit_every is

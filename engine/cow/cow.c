@@ -755,6 +755,11 @@ bool cow_failed(struct cow *c)
 	return atomic_load(&c->failed);
 }
 
+bool cow_chunk_copied(struct cow *c, uint64_t i)
+{
+	return bit_get(c->copied, i);
+}
+
 void cow_wait_merged(struct cow *c, uint64_t gen)
 {
 	pthread_mutex_lock(&c->mu);

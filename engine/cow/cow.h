@@ -112,6 +112,11 @@ void cow_copied(struct cow *c, uint64_t first, uint64_t n);
 void cow_copy_end(struct cow *c, bool ok, const uint64_t *changed_taken, const char *new_since);
 /* The snapshot failed on the tracker's side (the overlay could not grow). */
 bool cow_failed(struct cow *c);
+/* Whether the copier has read (and stored) chunk i of the running snapshot;
+ * acquire: what the copier wrote before cow_copied is visible. While it is
+ * false (and the snapshot has not failed), the base holds the chunk's point
+ * in time. */
+bool cow_chunk_copied(struct cow *c, uint64_t i);
 /* Waits until the merge of snapshot gen (0: whatever runs) has ended:
  * everything redirected is merged back and punched. */
 void cow_wait_merged(struct cow *c, uint64_t gen);

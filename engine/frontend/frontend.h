@@ -13,6 +13,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 enum frontend_transport {
 	FRONTEND_AUTO = 0,  /* io_uring when the kernel offers it, else /dev/fuse */
@@ -33,6 +34,18 @@ struct cow;
  */
 int frontend_attach(struct cow *cow, const char *name, const char *mountpoint,
 		    enum frontend_transport transport, struct frontend **out);
+
+/* Reads len bytes at off into buf: len (or fewer at the end) or -errno. */
+typedef ssize_t (*frontend_read_fn)(void *arg, void *buf, size_t len, uint64_t off);
+
+/*
+ * Serves a read-only image of size bytes whose reads come from read(arg)
+ * (called from several threads at once) on a FUSE mount at mountpoint
+ * (/dev/fuse transport), with a read-only loop device on it. Root only.
+ * arg must outlive the frontend.
+ */
+int frontend_attach_reader(frontend_read_fn read, void *arg, uint64_t size, const char *name,
+			   const char *mountpoint, struct frontend **out);
 
 /* The loop device users open ("/dev/loopN"). */
 const char *frontend_device(const struct frontend *f);

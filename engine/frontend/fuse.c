@@ -176,7 +176,9 @@ struct frontend {
 	char file[PATH_MAX + 8];
 	char loopdev[32];
 	int devfd;
-	struct cow *cow;            /* the backing, through the tracker */
+	struct cow *cow;            /* the backing, through the tracker; NULL for a reader */
+	frontend_read_fn read;      /* a read-only image served by a callback */
+	void *read_arg;
 	int file_fd;                /* our open of mnt/disk, given to the loop device */
 	uint64_t size;
 	bool mounted, uring;
@@ -201,7 +203,7 @@ static void fill_attr(const struct frontend *f, uint64_t node, struct fuse_attr 
 		a->mode = S_IFDIR | 0755;
 		a->nlink = 2;
 	} else {
-		a->mode = S_IFREG | 0600;
+		a->mode = S_IFREG | (f->read ? 0400 : 0600);
 		a->size = f->size;
 		a->blocks = (f->size + 511) / 512;
 	}
@@ -375,9 +377,22 @@ static void handle(struct freq *r)
 	case FUSE_OPENDIR: do_open(r); break;
 	case FUSE_READDIR: do_readdir(r); break;
 	case FUSE_READ: do_read(r); break;
-	case FUSE_WRITE: do_write(r); break;
-	case FUSE_FSYNC: r->bio = (struct bio){.op = BIO_FSYNC}; break;
-	case FUSE_FALLOCATE: do_fallocate(r); break;
+	case FUSE_WRITE:
+		if (r->f->read)
+			r->error = -EROFS;
+		else
+			do_write(r);
+		break;
+	case FUSE_FSYNC:
+		if (!r->f->read)
+			r->bio = (struct bio){.op = BIO_FSYNC};
+		break;
+	case FUSE_FALLOCATE:
+		if (r->f->read)
+			r->error = -EROFS;
+		else
+			do_fallocate(r);
+		break;
 	case FUSE_STATFS: do_statfs(r); break;
 	case FUSE_FLUSH:
 	case FUSE_RELEASE:
@@ -442,6 +457,8 @@ static int bio_sync(struct frontend *f, struct bio *b)
 {
 	ssize_t n;
 
+	if (f->read) /* a reader: only reads reach here */
+		return b->op == BIO_READ ? (int)f->read(f->read_arg, b->buf, b->len, b->off) : -EROFS;
 	if (b->op == BIO_FSYNC)
 		return sync_all(f);
 	n = b->op == BIO_READ ? cow_pread(f->cow, b->buf, b->len, b->off)
@@ -505,7 +522,7 @@ static void *dev_thread(void *arg)
 		r.payload_len = (uint32_t)((size_t)n - sizeof(r.in) - asz);
 		r.out = buf + HDR_ROOM;
 		r.out_cap = MAX_WRITE;
-		r.entered = gated(r.in.opcode);
+		r.entered = f->cow && gated(r.in.opcode);
 		while (r.entered && !cow_enter(f->cow))
 			cow_wait_open(f->cow);
 		handle(&r);
@@ -949,7 +966,8 @@ static int mount_fuse(struct frontend *f)
 	snprintf(opts, sizeof(opts),
 		 "fd=%d,rootmode=40000,user_id=0,group_id=0,allow_other,max_read=%u", f->devfd,
 		 MAX_WRITE);
-	if (mount("dsnap", f->mnt, "fuse.dsnap", MS_NOSUID | MS_NODEV | MS_NOATIME, opts) < 0)
+	if (mount("dsnap", f->mnt, "fuse.dsnap",
+		  MS_NOSUID | MS_NODEV | MS_NOATIME | (f->read ? MS_RDONLY : 0), opts) < 0)
 		return -errno;
 	f->mounted = true;
 	return 0;
@@ -960,7 +978,7 @@ static int attach_loop(struct frontend *f)
 	struct loop_config cfg = {0};
 	int ctl, nr, fd = -1, r = 0;
 
-	f->file_fd = open(f->file, O_RDWR | O_DIRECT | O_CLOEXEC);
+	f->file_fd = open(f->file, (f->read ? O_RDONLY : O_RDWR) | O_DIRECT | O_CLOEXEC);
 	if (f->file_fd < 0)
 		return -errno;
 	ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
@@ -979,7 +997,7 @@ static int attach_loop(struct frontend *f)
 			break;
 		}
 		cfg.fd = (uint32_t)f->file_fd;
-		cfg.info.lo_flags = LO_FLAGS_DIRECT_IO;
+		cfg.info.lo_flags = LO_FLAGS_DIRECT_IO | (f->read ? LO_FLAGS_READ_ONLY : 0);
 		/* 64 bytes: informative only; sysfs has the full backing path. */
 		memcpy(cfg.info.lo_file_name, f->file,
 		       MIN(strlen(f->file), sizeof(cfg.info.lo_file_name) - 1));
@@ -1094,7 +1112,8 @@ static void teardown(struct frontend *f)
 		f->mounted = false;
 	}
 	stop_threads(f);
-	cow_set_wake(f->cow, NULL, NULL);
+	if (f->cow)
+		cow_set_wake(f->cow, NULL, NULL);
 	free_queues(f);
 	for (int i = 1; i < DEV_THREADS; i++)
 		if (f->dev_fds[i] > 0)
@@ -1104,21 +1123,30 @@ static void teardown(struct frontend *f)
 	free(f);
 }
 
+static struct frontend *frontend_new(const char *mountpoint, uint64_t size)
+{
+	struct frontend *f = calloc(1, sizeof(*f));
+
+	if (!f)
+		return NULL;
+	f->devfd = f->file_fd = -1;
+	f->size = size;
+	snprintf(f->mnt, sizeof(f->mnt), "%s", mountpoint);
+	snprintf(f->file, sizeof(f->file), "%s/disk", mountpoint);
+	f->nq = possible_cpus();
+	return f;
+}
+
 int frontend_attach(struct cow *cow, const char *name, const char *mountpoint,
 		    enum frontend_transport transport, struct frontend **out)
 {
-	struct frontend *f = calloc(1, sizeof(*f));
+	struct frontend *f = frontend_new(mountpoint, cow_size(cow));
 	bool uring = false;
 	int r;
 
 	if (!f)
 		return -ENOMEM;
-	f->devfd = f->file_fd = -1;
 	f->cow = cow;
-	f->size = cow_size(cow);
-	snprintf(f->mnt, sizeof(f->mnt), "%s", mountpoint);
-	snprintf(f->file, sizeof(f->file), "%s/disk", mountpoint);
-	f->nq = possible_cpus();
 	r = mount_fuse(f);
 	if (r == 0)
 		r = fuse_init(f, transport != FRONTEND_DEV, &uring);
@@ -1151,6 +1179,35 @@ err:
 	detach_loop(f, true);
 	teardown(f);
 	return r;
+}
+
+int frontend_attach_reader(frontend_read_fn read, void *arg, uint64_t size, const char *name,
+			   const char *mountpoint, struct frontend **out)
+{
+	struct frontend *f = frontend_new(mountpoint, size);
+	bool uring = false;
+	int r;
+
+	if (!f)
+		return -ENOMEM;
+	f->read = read;
+	f->read_arg = arg;
+	/* /dev/fuse: its threads may block in read (an io_uring queue's may not). */
+	r = mount_fuse(f);
+	if (r == 0)
+		r = fuse_init(f, false, &uring);
+	if (r == 0)
+		r = start_dev_threads(f, DEV_THREADS);
+	if (r == 0)
+		r = attach_loop(f);
+	if (r < 0) {
+		detach_loop(f, true);
+		teardown(f);
+		return r;
+	}
+	log_info("frontend: %s served read-only on %s", name, f->loopdev);
+	*out = f;
+	return 0;
 }
 
 const char *frontend_device(const struct frontend *f)

@@ -53,6 +53,7 @@
 #include "cow/cow.h"
 #include "disk/disk.h"
 #include "frontend/frontend.h"
+#include "snapshot/view.h"
 #include "util/util.h"
 
 struct job {
@@ -66,6 +67,7 @@ struct job {
 	uint64_t *changed;         /* chunks changed since prev (cow_start) */
 	char since[COW_SINCE_MAX]; /* the snapshot the bitmap counts from */
 	struct ds_manifest *prev;  /* its manifest */
+	struct view *view;         /* the snapshot as an image while it is copied; owns cj.m */
 	uint64_t gen;              /* this snapshot's merge */
 	atomic_int ioprio;
 	struct timespec started;
@@ -92,6 +94,14 @@ struct attached {
 	int users;      /* snapshot requests using cow: detaching waits */
 	bool detaching; /* no new snapshot may use cow */
 	struct attached *next;
+};
+
+/* A snapshot served read-only (AttachSnapshot). */
+struct snap_attached {
+	char snap_id[DS_ID_SIZE];
+	struct frontend *f;
+	struct view *v;
+	struct snap_attached *next;
 };
 
 /* The copier of a live disk runs at idle I/O priority, faster when it
@@ -126,6 +136,8 @@ struct ds_engine {
 	bool stopping;  /* no new copies */
 	int fuse_transport;
 	struct attached *attached;
+	struct snap_attached *snaps; /* attached snapshots */
+	bool snaps_busy;             /* an attach or detach of a snapshot is under way */
 };
 
 static void reattach_all(struct ds_engine *e);
@@ -270,6 +282,20 @@ void ds_engine_close(struct ds_engine *e)
 		free(j);
 	}
 	pthread_mutex_unlock(&e->lock);
+	/* Attached snapshots are not attached again. One still mounted keeps
+	 * its loop device, whose reads fail from now on; the next attach of
+	 * the snapshot cleans it up. */
+	while (e->snaps) {
+		struct snap_attached *a = e->snaps;
+		e->snaps = a->next;
+		view_close(a->v);
+		if (frontend_detach(a->f, false) < 0)
+			log_warn("engine: snapshot %s is still mounted from %s; its reads fail",
+				 a->snap_id, frontend_device(a->f));
+		else
+			view_unref(a->v);
+		free(a);
+	}
 	/* Attached disks stay In_use and are attached again at the next start.
 	 * One whose device is mounted cannot be detached: its I/O fails until
 	 * then, and the next start cleans up the dead mount and loop device. */
@@ -488,7 +514,11 @@ static int snapshot_root(struct ds_engine *e, const char *id, struct ds_snapshot
 struct fill_snapshot_ctx {
 	struct ds_engine *e;
 	const ds_chunk_id *root;
+	struct view *view; /* a snapshot still being copied */
 };
+
+static int running_view(struct ds_engine *e, const char *id, struct view **out);
+static struct snap_attached *find_snap(struct ds_engine *e, const char *id);
 
 static int fill_snapshot(int fd, void *ctx)
 {
@@ -496,7 +526,7 @@ static int fill_snapshot(int fd, void *ctx)
 	int r;
 
 	pthread_rwlock_rdlock(&c->e->gc_lock);
-	r = ds_image_restore(c->e->store, c->root, fd, NULL, NULL);
+	r = c->view ? view_export(c->view, fd) : ds_image_restore(c->e->store, c->root, fd, NULL, NULL);
 	pthread_rwlock_unlock(&c->e->gc_lock);
 	return r;
 }
@@ -505,10 +535,15 @@ int ds_disk_create_from_snapshot(struct ds_engine *e, const char *snapshot_id, c
 				 char id_out[DS_ID_SIZE])
 {
 	struct ds_snapshot_info s;
-	struct fill_snapshot_ctx c = {e, &s.manifest};
+	struct fill_snapshot_ctx c = {e, &s.manifest, NULL};
 	int r = snapshot_root(e, snapshot_id, &s);
 
-	return r < 0 ? r : new_image_disk(e, name, fill_snapshot, &c, id_out);
+	if (r == -EBUSY)
+		r = running_view(e, snapshot_id, &c.view); /* instant access */
+	if (r == 0)
+		r = new_image_disk(e, name, fill_snapshot, &c, id_out);
+	view_unref(c.view);
+	return r;
 }
 
 /* Loads a disk row (under the lock), re-finds the disk on the host (outside
@@ -860,11 +895,12 @@ static void copy_run(struct job *j, bool nice)
 		r = -ENOBUFS;
 	else if (r == 0 && !job_pit_intact(j))
 		r = -ESTALE;
+	/* Readers of the point in time leave the copy's source before it goes. */
+	view_end(j->view, r == 0);
 	if (j->cow)
 		cow_copy_end(j->cow, r == 0, j->changed, j->snap_id);
 	disk_pit_release(&j->pit);
-	ds_manifest_free(j->cj.m);
-	j->cj.m = NULL;
+	j->cj.m = NULL; /* the view's */
 	if (nice)
 		background(false);
 
@@ -911,6 +947,8 @@ static void copy_run(struct job *j, bool nice)
 	pthread_mutex_lock(&e->lock);
 	j->err = r;
 	j->recorded = true;
+	view_unref(j->view); /* later readers load the manifest from the catalog */
+	j->view = NULL;
 	pthread_cond_broadcast(&e->changed);
 	if (j->cow) {
 		struct attached *a = find_attached(e, j->disk_id);
@@ -1098,13 +1136,16 @@ int ds_snapshot_create(struct ds_engine *e, const char *disk_id,
 			atomic_store(&j->ioprio, DS_IOPRIO_IDLE);
 			j->cj.idle_cpu = true;
 		}
-		if (!j->cj.m)
+		j->view = j->cj.m ? view_new(e->store, j->cj.m, j->cow, &j->pit) : NULL;
+		if (!j->view) {
+			ds_manifest_free(j->cj.m);
 			r = -ENOMEM;
-		else
+		} else {
 			r = copy_start(e, j);
+		}
 		if (r < 0) {
 			catalog_snapshot_delete(e->cat, s->id);
-			ds_manifest_free(j->cj.m);
+			view_unref(j->view); /* and the manifest */
 		}
 	}
 	if (r == 0) {
@@ -1210,7 +1251,7 @@ int ds_snapshot_delete(struct ds_engine *e, const char *id)
 	pthread_mutex_lock(&e->lock);
 	reap_jobs(e);
 	j = job_for_snapshot(e, id);
-	r = j && !j->recorded ? -EBUSY : catalog_snapshot_delete(e->cat, id);
+	r = (j && !j->recorded) || find_snap(e, id) ? -EBUSY : catalog_snapshot_delete(e->cat, id);
 	pthread_mutex_unlock(&e->lock);
 	return r;
 }
@@ -1277,17 +1318,24 @@ int64_t ds_snapshot_verify(struct ds_engine *e, const char *id)
 int ds_snapshot_export(struct ds_engine *e, const char *id, const char *path)
 {
 	struct ds_snapshot_info s;
+	struct view *v = NULL;
 	int fd, r;
 
 	r = snapshot_root(e, id, &s);
+	if (r == -EBUSY)
+		r = running_view(e, id, &v); /* instant access */
 	if (r < 0)
 		return r;
 	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
-	if (fd < 0)
-		return -errno;
+	if (fd < 0) {
+		r = -errno;
+		view_unref(v);
+		return r;
+	}
 	pthread_rwlock_rdlock(&e->gc_lock);
-	r = ds_image_restore(e->store, &s.manifest, fd, NULL, NULL);
+	r = v ? view_export(v, fd) : ds_image_restore(e->store, &s.manifest, fd, NULL, NULL);
 	pthread_rwlock_unlock(&e->gc_lock);
+	view_unref(v);
 	close(fd);
 	if (r < 0)
 		unlink(path);
@@ -1297,6 +1345,158 @@ int ds_snapshot_export(struct ds_engine *e, const char *id, const char *path)
 static int set_disk_status(struct ds_engine *e, const char *id, const char *status)
 {
 	return disk_update(e, id, status, -1);
+}
+
+/* ---- instant access ---------------------------------------------------------- */
+
+/* A reference to the view of a snapshot whose copy runs; -EBUSY when its
+ * copy has just ended (ask the catalog again), -ENOENT when none runs. */
+static int running_view(struct ds_engine *e, const char *id, struct view **out)
+{
+	struct job *j;
+	int r = -ENOENT;
+
+	pthread_mutex_lock(&e->lock);
+	j = job_for_snapshot(e, id);
+	if (j && !j->recorded && j->view) {
+		view_ref(j->view);
+		*out = j->view;
+		r = 0;
+	} else if (j) {
+		r = -EBUSY;
+	}
+	pthread_mutex_unlock(&e->lock);
+	return r;
+}
+
+/* The snapshot as an image: while copied, the copy's view; accomplished,
+ * its manifest from the store. -ENODATA when it failed. */
+static int snapshot_view(struct ds_engine *e, const char *id, struct view **out)
+{
+	struct ds_snapshot_info *s = malloc(sizeof(*s));
+	struct ds_manifest *m = NULL;
+	int r = s ? -EBUSY : -ENOMEM;
+
+	for (int tries = 0; r == -EBUSY && tries < 100; tries++) {
+		r = running_view(e, id, out);
+		if (r == 0)
+			break;
+		if (r == -EBUSY) {
+			usleep(10000); /* recording its end */
+			continue;
+		}
+		r = snapshot_root(e, id, s);
+		if (r == 0)
+			r = ds_manifest_load(e->store, &s->manifest, &m);
+		if (r == 0 && !(*out = view_new_done(e->store, m))) {
+			ds_manifest_free(m);
+			r = -ENOMEM;
+		}
+	}
+	free(s);
+	return r;
+}
+
+static struct snap_attached *find_snap(struct ds_engine *e, const char *id)
+{
+	for (struct snap_attached *a = e->snaps; a; a = a->next)
+		if (strcmp(a->snap_id, id) == 0)
+			return a;
+	return NULL;
+}
+
+int ds_snapshot_attach(struct ds_engine *e, const char *id, char device_out[32])
+{
+	char mnt[DS_PATH_MAX + 64];
+	struct snap_attached *a;
+	int r = 0;
+
+	if (geteuid() != 0)
+		return -EPERM;
+	pthread_mutex_lock(&e->lock);
+	if (e->snaps_busy)
+		r = -EAGAIN;
+	else if (find_snap(e, id))
+		r = -EEXIST;
+	else
+		e->snaps_busy = true; /* one attach or detach at a time */
+	pthread_mutex_unlock(&e->lock);
+	if (r < 0)
+		return r;
+	a = calloc(1, sizeof(*a));
+	r = a ? snapshot_view(e, id, &a->v) : -ENOMEM;
+	if (r == 0) {
+		snprintf(a->snap_id, sizeof(a->snap_id), "%s", id);
+		snprintf(mnt, sizeof(mnt), "%s/mnt", e->dir);
+		mkdir(mnt, 0700);
+		snprintf(mnt, sizeof(mnt), "%s/mnt/%s", e->dir, id);
+		frontend_cleanup_stale(mnt);
+		if (mkdir(mnt, 0700) < 0 && errno != EEXIST)
+			r = -errno;
+	}
+	if (r == 0)
+		r = frontend_attach_reader(view_read, a->v, view_size(a->v), id, mnt, &a->f);
+	pthread_mutex_lock(&e->lock);
+	if (r == 0) {
+		a->next = e->snaps;
+		e->snaps = a;
+		snprintf(device_out, 32, "%s", frontend_device(a->f));
+		log_info("engine: snapshot %s attached read-only as %s", id, device_out);
+	}
+	e->snaps_busy = false;
+	pthread_mutex_unlock(&e->lock);
+	if (r < 0 && a) {
+		view_unref(a->v);
+		free(a);
+	}
+	return r;
+}
+
+int ds_snapshot_detach(struct ds_engine *e, const char *id)
+{
+	struct snap_attached *a, **pa;
+	int r = 0;
+
+	pthread_mutex_lock(&e->lock);
+	a = find_snap(e, id);
+	if (e->snaps_busy)
+		r = -EAGAIN;
+	else if (!a)
+		r = -EINVAL; /* not attached */
+	else
+		e->snaps_busy = true;
+	pthread_mutex_unlock(&e->lock);
+	if (r < 0)
+		return r;
+	/* Refused while mounted or held open; then stays as it was. */
+	r = frontend_detach(a->f, false);
+	pthread_mutex_lock(&e->lock);
+	if (r == 0)
+		for (pa = &e->snaps; *pa; pa = &(*pa)->next)
+			if (*pa == a) {
+				*pa = a->next;
+				break;
+			}
+	e->snaps_busy = false;
+	pthread_mutex_unlock(&e->lock);
+	if (r == 0) {
+		log_info("engine: snapshot %s detached", id);
+		view_unref(a->v);
+		free(a);
+	}
+	return r;
+}
+
+bool ds_snapshot_device(struct ds_engine *e, const char *id, char device_out[32])
+{
+	struct snap_attached *a;
+
+	pthread_mutex_lock(&e->lock);
+	a = find_snap(e, id);
+	if (a)
+		snprintf(device_out, 32, "%s", frontend_device(a->f));
+	pthread_mutex_unlock(&e->lock);
+	return a != NULL;
 }
 
 int ds_disk_reset(struct ds_engine *e, const char *disk_id, const char *snapshot_id)

@@ -8,6 +8,7 @@ copies.
 The copies read a 1 GiB image of incompressible data (DSNAP_API_BIG_MIB
 changes it), so each lasts a second or more; BigImage.refresh() gives every
 chunk new content so that a copy does not find it all in the store."""
+import filecmp
 import os
 import sys
 import time
@@ -68,12 +69,11 @@ class OneCopyAtATime(BusyMixin, ApiTest):
         self.assertError(self.call("CreateSnapshot", {"DiskId": disk, "ClientToken": "later"}),
                          "IncorrectDiskStatus.CreatingSnapshot")
         self.assertEqual(self.describe({"DiskId": disk})["TotalCount"], 2)
-        # The progressing snapshot cannot be released, restored or cloned.
+        # The progressing snapshot cannot be released or restored onto its disk.
         self.assertError(self.call("DeleteSnapshot", {"SnapshotId": sid}),
                          "IncorrectSnapshotStatus")
         self.assertError(self.call("ResetDisk", {"DiskId": disk, "SnapshotId": sid}),
                          "IncorrectSnapshotStatus")
-        self.assertError(self.call("CreateDisk", {"SnapshotId": sid}), "IncorrectSnapshotStatus")
         # Nor can the disk be reset from an older one, or forgotten.
         self.assertError(self.call("ResetDisk", {"DiskId": disk, "SnapshotId": earlier}),
                          "IncorrectDiskStatus.CreatingSnapshot")
@@ -82,7 +82,10 @@ class OneCopyAtATime(BusyMixin, ApiTest):
         self.assertError(a, a.code)
         listed = self.describe({"DiskId": disk, "Status": "progressing"})
         self.assertEqual([x["SnapshotId"] for x in listed["Snapshots"]["Snapshot"]], [sid])
-        self.still_progressing(sid)
+        self.assertIs(self.still_progressing(sid)["Available"], True)
+        # Instant access: a disk made from it while it is copied holds its point in time.
+        made = self.assertOk(self.call("CreateDisk", {"SnapshotId": sid}), ["DiskId"])["DiskId"]
+        self.assertTrue(filecmp.cmp(self.disk(made)["SourcePath"], big.path, shallow=False))
 
         # Progress only grows, and ends at 100%.
         last = -1

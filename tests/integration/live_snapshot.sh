@@ -11,7 +11,10 @@
 #     clean once its journal is replayed and holds exactly the files
 #     synced before the request;
 #  5. the next snapshot after a small change is incremental: it reads
-#     about what changed and still exports the whole disk bit for bit.
+#     about what changed and still exports the whole disk bit for bit;
+#  6. instant access: the snapshot of a mounted ext4 is attached read-only
+#     and mounted while its copy runs and the disk is written; its files
+#     are those of the point in time.
 . "$(dirname "$0")/lib.sh"
 need_root
 need mkfs.ext4
@@ -132,6 +135,36 @@ for transport in on off; do
 
 	dsd call DetachDisk DiskId="$disk" >/dev/null
 	cmp "$SCRATCH/disk.img" "$SCRATCH/expect" || fail "the image is not what the disk held"
+
+	echo "-- 6. a snapshot mounted read-only while it is copied"
+	dsd call AttachDisk DiskId="$disk" >/dev/null
+	dev=$(dsd --output json describe-disks --disk-ids "$disk" | json 'd["Disks"]["Disk"][0]["Device"]')
+	write_dev "$dev" "$SCRATCH/A" # every chunk changed: the copy reads the whole disk (4 s)
+	mkfs.ext4 -q -F "$dev"
+	mount_on_exit "$dev" "$SCRATCH/mnt"
+	cp -r /usr/include/linux "$SCRATCH/mnt/before"
+	sync
+	fsfreeze -f "$SCRATCH/mnt" && fsfreeze -u "$SCRATCH/mnt" # the journal checkpointed
+	tree_sums "$SCRATCH/mnt" >"$SCRATCH/sums"
+	snap=$(dsd --quiet create-snapshot --disk-id "$disk")
+	sdev=$(dsd --output json call AttachSnapshot SnapshotId="$snap" | json 'd["Device"]')
+	on_exit "dsd call DetachSnapshot SnapshotId=$snap"
+	# ro,noload: a snapshot of a mounted ext4 is crash-consistent; its
+	# device is read-only, so the journal is not replayed.
+	mount_on_exit -o ro,noload "$sdev" "$SCRATCH/smnt"
+	[ "$(still_copying "$snap")" = True ] || fail "the copy ended before the snapshot was mounted"
+	rm -rf "$SCRATCH/mnt/before" # the disk moves on while the snapshot is read
+	cp -r /usr/include/linux "$SCRATCH/mnt/after"
+	(cd "$SCRATCH/smnt" && sha256sum --quiet -c "$SCRATCH/sums") ||
+		fail "the snapshot mounted during its copy does not hold the files"
+	[ ! -e "$SCRATCH/smnt/after" ] || fail "the snapshot shows a file written after it"
+	copying=$(still_copying "$snap")
+	umount "$SCRATCH/smnt"
+	expect_exit 1 "$DSNAP" --socket "$SCRATCH/dsnapd.sock" delete-snapshot --snapshot-id "$snap"
+	dsd call DetachSnapshot SnapshotId="$snap" >/dev/null
+	echo "   files read while the copy ran (still copying at the end: $copying)"
+	wait_snap "$snap"
+	umount "$SCRATCH/mnt"
 	daemon_stop
 done
 echo ok
