@@ -1049,6 +1049,8 @@ static int attach_snapshot(struct req *q)
 	r = ds_snapshot_attach(q->a->e, id, dev);
 	if (r == -EPERM)
 		return api_error(q, "OperationDenied.NeedRoot");
+	if (r == -ENOENT)
+		return api_error(q, "InvalidSnapshotId.NotFound");
 	if (r == -EEXIST)
 		return api_error(q, "IncorrectSnapshotStatus.Attached");
 	if (r == -EBUSY || r == -ENODATA || r == -EAGAIN)

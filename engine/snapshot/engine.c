@@ -137,7 +137,8 @@ struct ds_engine {
 	int fuse_transport;
 	struct attached *attached;
 	struct snap_attached *snaps; /* attached snapshots */
-	bool snaps_busy;             /* an attach or detach of a snapshot is under way */
+	bool snaps_busy;             /* an attach or detach of a snapshot is under way, */
+	char snaps_busy_id[DS_ID_SIZE]; /* of this one (it cannot be deleted meanwhile) */
 };
 
 static void reattach_all(struct ds_engine *e);
@@ -517,7 +518,8 @@ struct fill_snapshot_ctx {
 	struct view *view; /* a snapshot still being copied */
 };
 
-static int running_view(struct ds_engine *e, const char *id, struct view **out);
+static int snapshot_source(struct ds_engine *e, const char *id, struct ds_snapshot_info *s,
+			   struct view **v);
 static struct snap_attached *find_snap(struct ds_engine *e, const char *id);
 
 static int fill_snapshot(int fd, void *ctx)
@@ -536,10 +538,8 @@ int ds_disk_create_from_snapshot(struct ds_engine *e, const char *snapshot_id, c
 {
 	struct ds_snapshot_info s;
 	struct fill_snapshot_ctx c = {e, &s.manifest, NULL};
-	int r = snapshot_root(e, snapshot_id, &s);
+	int r = snapshot_source(e, snapshot_id, &s, &c.view); /* instant access */
 
-	if (r == -EBUSY)
-		r = running_view(e, snapshot_id, &c.view); /* instant access */
 	if (r == 0)
 		r = new_image_disk(e, name, fill_snapshot, &c, id_out);
 	view_unref(c.view);
@@ -837,6 +837,7 @@ static void load_prev(struct ds_engine *e, struct job *j)
 		return;
 	j->cj.prev = j->prev;
 	j->cj.changed = j->changed;
+	view_set_incremental(j->view);
 	j->cj.audit_every = AUDIT_EVERY;
 	j->cj.audit_seed = (unsigned)now_s();
 }
@@ -1251,7 +1252,10 @@ int ds_snapshot_delete(struct ds_engine *e, const char *id)
 	pthread_mutex_lock(&e->lock);
 	reap_jobs(e);
 	j = job_for_snapshot(e, id);
-	r = (j && !j->recorded) || find_snap(e, id) ? -EBUSY : catalog_snapshot_delete(e->cat, id);
+	r = (j && !j->recorded) || find_snap(e, id) ||
+			    (e->snaps_busy && strcmp(e->snaps_busy_id, id) == 0)
+		    ? -EBUSY
+		    : catalog_snapshot_delete(e->cat, id);
 	pthread_mutex_unlock(&e->lock);
 	return r;
 }
@@ -1321,9 +1325,7 @@ int ds_snapshot_export(struct ds_engine *e, const char *id, const char *path)
 	struct view *v = NULL;
 	int fd, r;
 
-	r = snapshot_root(e, id, &s);
-	if (r == -EBUSY)
-		r = running_view(e, id, &v); /* instant access */
+	r = snapshot_source(e, id, &s, &v); /* instant access: v while copied */
 	if (r < 0)
 		return r;
 	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
@@ -1349,8 +1351,9 @@ static int set_disk_status(struct ds_engine *e, const char *id, const char *stat
 
 /* ---- instant access ---------------------------------------------------------- */
 
-/* A reference to the view of a snapshot whose copy runs; -EBUSY when its
- * copy has just ended (ask the catalog again), -ENOENT when none runs. */
+/* A reference to the view of a snapshot whose copy runs; -ENOENT when no
+ * copy of it runs (its end is recorded: the catalog says what it is),
+ * -ENODATA when the copy has just failed. */
 static int running_view(struct ds_engine *e, const char *id, struct view **out)
 {
 	struct job *j;
@@ -1358,15 +1361,29 @@ static int running_view(struct ds_engine *e, const char *id, struct view **out)
 
 	pthread_mutex_lock(&e->lock);
 	j = job_for_snapshot(e, id);
-	if (j && !j->recorded && j->view) {
+	if (j && !j->recorded && j->view && view_failed(j->view)) {
+		r = -ENODATA;
+	} else if (j && !j->recorded && j->view) {
 		view_ref(j->view);
 		*out = j->view;
 		r = 0;
-	} else if (j) {
-		r = -EBUSY;
 	}
 	pthread_mutex_unlock(&e->lock);
 	return r;
+}
+
+/* An accomplished snapshot's manifest root in s, or (*v) the view of its
+ * running copy (instant access). */
+static int snapshot_source(struct ds_engine *e, const char *id, struct ds_snapshot_info *s,
+			   struct view **v)
+{
+	int r = snapshot_root(e, id, s);
+
+	if (r != -EBUSY)
+		return r;
+	r = running_view(e, id, v);
+	/* Ended between the two looks: ask the catalog again. */
+	return r == -ENOENT ? snapshot_root(e, id, s) : r;
 }
 
 /* The snapshot as an image: while copied, the copy's view; accomplished,
@@ -1375,24 +1392,18 @@ static int snapshot_view(struct ds_engine *e, const char *id, struct view **out)
 {
 	struct ds_snapshot_info *s = malloc(sizeof(*s));
 	struct ds_manifest *m = NULL;
-	int r = s ? -EBUSY : -ENOMEM;
+	struct view *v = NULL;
+	int r = s ? snapshot_source(e, id, s, &v) : -ENOMEM;
 
-	for (int tries = 0; r == -EBUSY && tries < 100; tries++) {
-		r = running_view(e, id, out);
-		if (r == 0)
-			break;
-		if (r == -EBUSY) {
-			usleep(10000); /* recording its end */
-			continue;
-		}
-		r = snapshot_root(e, id, s);
-		if (r == 0)
-			r = ds_manifest_load(e->store, &s->manifest, &m);
-		if (r == 0 && !(*out = view_new_done(e->store, m))) {
+	if (r == 0 && !v) {
+		r = ds_manifest_load(e->store, &s->manifest, &m);
+		if (r == 0 && !(v = view_new_done(e->store, m))) {
 			ds_manifest_free(m);
 			r = -ENOMEM;
 		}
 	}
+	if (r == 0)
+		*out = v;
 	free(s);
 	return r;
 }
@@ -1418,8 +1429,12 @@ int ds_snapshot_attach(struct ds_engine *e, const char *id, char device_out[32])
 		r = -EAGAIN;
 	else if (find_snap(e, id))
 		r = -EEXIST;
+	else if (e->stopping)
+		r = -ECANCELED;
 	else
 		e->snaps_busy = true; /* one attach or detach at a time */
+	if (r == 0)
+		snprintf(e->snaps_busy_id, sizeof(e->snaps_busy_id), "%s", id);
 	pthread_mutex_unlock(&e->lock);
 	if (r < 0)
 		return r;
@@ -1465,6 +1480,8 @@ int ds_snapshot_detach(struct ds_engine *e, const char *id)
 		r = -EINVAL; /* not attached */
 	else
 		e->snaps_busy = true;
+	if (r == 0)
+		snprintf(e->snaps_busy_id, sizeof(e->snaps_busy_id), "%s", id);
 	pthread_mutex_unlock(&e->lock);
 	if (r < 0)
 		return r;
@@ -1487,17 +1504,6 @@ int ds_snapshot_detach(struct ds_engine *e, const char *id)
 	return r;
 }
 
-bool ds_snapshot_device(struct ds_engine *e, const char *id, char device_out[32])
-{
-	struct snap_attached *a;
-
-	pthread_mutex_lock(&e->lock);
-	a = find_snap(e, id);
-	if (a)
-		snprintf(device_out, 32, "%s", frontend_device(a->f));
-	pthread_mutex_unlock(&e->lock);
-	return a != NULL;
-}
 
 int ds_disk_reset(struct ds_engine *e, const char *disk_id, const char *snapshot_id)
 {

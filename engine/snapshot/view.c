@@ -60,6 +60,7 @@ struct view {
 	const struct disk_pit *pit;  /* while COPYING: the copy's source */
 	atomic_long base_readers;    /* reads inside a base section */
 	atomic_long readers;         /* reads in flight (view_close waits) */
+	atomic_bool incremental;     /* the copy takes unchanged chunks from prev */
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 };
@@ -132,9 +133,22 @@ static void leave(struct view *v, atomic_long *counter)
 void view_end(struct view *v, bool ok)
 {
 	atomic_store(&v->state, ok ? VIEW_DONE : VIEW_FAILED);
+	pthread_mutex_lock(&v->mu);
+	pthread_cond_broadcast(&v->cv); /* exports waiting for the end */
+	pthread_mutex_unlock(&v->mu);
+	/* cow and pit are only used inside a base section, entered while
+	 * COPYING: after this drain no reader touches them. */
 	drain(v, &v->base_readers);
-	v->cow = NULL;
-	v->pit = NULL;
+}
+
+void view_set_incremental(struct view *v)
+{
+	atomic_store(&v->incremental, true);
+}
+
+bool view_failed(struct view *v)
+{
+	return atomic_load(&v->state) == VIEW_FAILED;
 }
 
 void view_close(struct view *v)
@@ -197,34 +211,37 @@ static int read_chunk(struct view *v, uint64_t i, uint8_t *buf)
 {
 	for (;;) {
 		int st = atomic_load(&v->state), r;
-		struct cow *cow = v->cow;
-		bool ok;
+		bool ok, copied;
 
 		if (st == VIEW_DONE)
 			return store_read(v, i, buf);
 		if (st != VIEW_COPYING)
 			return -EIO;
-		if (cow && cow_chunk_copied(cow, i)) {
-			if (atomic_load(&v->state) == VIEW_FAILED || cow_failed(cow))
-				return -EIO;
-			return store_read(v, i, buf);
-		}
+		/* The source and the tracker are used inside the section only:
+		 * view_end waits for it before either goes. */
 		atomic_fetch_add(&v->base_readers, 1);
 		if (atomic_load(&v->state) != VIEW_COPYING) {
 			leave(v, &v->base_readers);
 			continue;
 		}
-		cow = v->cow;
+		copied = v->cow && cow_chunk_copied(v->cow, i);
+		if (copied) {
+			bool failed = atomic_load(&v->state) == VIEW_FAILED || cow_failed(v->cow);
+			leave(v, &v->base_readers);
+			return failed ? -EIO : store_read(v, i, buf); /* its id is final */
+		}
 		r = base_read(v, i, buf);
-		ok = cow ? !cow_chunk_copied(cow, i) && !cow_failed(cow) : disk_pit_intact(v->pit);
+		ok = v->cow ? !cow_chunk_copied(v->cow, i) && !cow_failed(v->cow)
+			    : disk_pit_intact(v->pit);
+		copied = v->cow && !cow_failed(v->cow);
 		leave(v, &v->base_readers);
 		if (r < 0)
 			return r;
 		if (ok)
 			return 0;
-		if (!cow || cow_failed(cow))
+		if (!copied)
 			return -EIO; /* the lease was broken, or the overlay filled */
-		/* copied while it was read: its id is final now */
+		/* copied while it was read: read it again, from the store */
 	}
 }
 
@@ -319,6 +336,15 @@ int view_export(struct view *v, int fd)
 		}
 	}
 	free(buf);
+	/* Chunks an incremental copy takes from the previous snapshot are
+	 * trusted only once its audit passed: an export made during such a
+	 * copy ends with it, and fails with it. */
+	pthread_mutex_lock(&v->mu);
+	while (r == 0 && atomic_load(&v->incremental) && atomic_load(&v->state) == VIEW_COPYING)
+		pthread_cond_wait(&v->cv, &v->mu);
+	pthread_mutex_unlock(&v->mu);
+	if (r == 0 && atomic_load(&v->incremental) && atomic_load(&v->state) != VIEW_DONE)
+		r = -EIO;
 	if (r == 0 && fsync(fd) < 0)
 		r = -errno;
 	return r;

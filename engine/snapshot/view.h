@@ -33,6 +33,12 @@ void view_unref(struct view *v);
  * fail. Returns once no read uses the copy's source any more, so the caller
  * may release it (cow_copy_end, disk_pit_release). */
 void view_end(struct view *v, bool ok);
+/* The copy is incremental: chunks it did not read take the previous
+ * snapshot's ids, trusted only once its audit passed (view_export waits
+ * for the copy's end). Before the copier starts. */
+void view_set_incremental(struct view *v);
+/* Whether the copy ended failed (its reads fail). */
+bool view_failed(struct view *v);
 /* No read from now on (-EIO); returns once none is running. */
 void view_close(struct view *v);
 
@@ -40,7 +46,9 @@ uint64_t view_size(const struct view *v);
 /* Reads [off, off + len) of the image: len or -errno (-EIO once the
  * snapshot failed). */
 ssize_t view_read(void *view, void *buf, size_t len, uint64_t off);
-/* Writes the image into fd (a new, empty file: sparse where zero), fsynced. */
+/* Writes the image into fd (a new, empty file: sparse where zero), fsynced.
+ * During an incremental copy it returns once the copy has ended: -EIO if
+ * it failed. */
 int view_export(struct view *v, int fd);
 
 #endif

@@ -198,7 +198,8 @@ DS_EXPORT int ds_snapshot_export(struct ds_engine *e, const char *id, const char
  * Instant access: a snapshot can be read as soon as its point in time is
  * fixed. Export and CreateDisk of a snapshot whose copy runs read the
  * chunks not copied yet from the disk (which keeps them for the copy) and
- * the rest from the store. Attach serves a snapshot (being copied or
+ * the rest from the store; during an incremental copy they return once it
+ * has ended, and fail if it failed. Attach serves a snapshot (being copied or
  * accomplished) read-only as a loop device of its own (device_out,
  * "/dev/loopN"); root only (-EPERM). -EEXIST when it is attached already,
  * -ENODATA when it failed, -EAGAIN while another attach or detach runs.
@@ -208,8 +209,7 @@ DS_EXPORT int ds_snapshot_export(struct ds_engine *e, const char *id, const char
  */
 DS_EXPORT int ds_snapshot_attach(struct ds_engine *e, const char *id, char device_out[32]);
 DS_EXPORT int ds_snapshot_detach(struct ds_engine *e, const char *id);
-/* Whether the snapshot is attached, and its device. */
-DS_EXPORT bool ds_snapshot_device(struct ds_engine *e, const char *id, char device_out[32]);
+
 /* Writes the snapshot back onto its disk (or another of the same size).
  * -EBUSY while the disk is mounted or open exclusively by someone else. */
 DS_EXPORT int ds_disk_reset(struct ds_engine *e, const char *disk_id, const char *snapshot_id);

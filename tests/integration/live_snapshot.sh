@@ -164,6 +164,13 @@ for transport in on off; do
 	dsd call DetachSnapshot SnapshotId="$snap" >/dev/null
 	echo "   files read while the copy ran (still copying at the end: $copying)"
 	wait_snap "$snap"
+	# Accomplished, it attaches from the store alone.
+	sdev=$(dsd --output json call AttachSnapshot SnapshotId="$snap" | json 'd["Device"]')
+	mount -o ro,noload "$sdev" "$SCRATCH/smnt"
+	(cd "$SCRATCH/smnt" && sha256sum --quiet -c "$SCRATCH/sums") ||
+		fail "the accomplished snapshot, attached, does not hold the files"
+	umount "$SCRATCH/smnt"
+	dsd call DetachSnapshot SnapshotId="$snap" >/dev/null
 	umount "$SCRATCH/mnt"
 	daemon_stop
 done

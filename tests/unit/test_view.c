@@ -156,6 +156,25 @@ static void *reader(void *arg)
 	return NULL;
 }
 
+struct export_arg {
+	struct fx *f;
+	char path[PATH_MAX];
+	atomic_int r;
+	atomic_bool done;
+};
+
+static void *export_main(void *arg)
+{
+	struct export_arg *x = arg;
+	int fd = open(x->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+
+	atomic_store(&x->r, fd < 0 ? -errno : view_export(x->f->v, fd));
+	if (fd >= 0)
+		close(fd);
+	atomic_store(&x->done, true);
+	return NULL;
+}
+
 struct copy_arg {
 	struct copier_job *j;
 	int r;
@@ -176,8 +195,9 @@ static void test_read_while_copied_and_written(void **state)
 	struct copier_job j = {.s = f->s, .fd = f->pit.fd, .m = m, .workers = 2,
 			       .read_done = copied, .opaque = f->c};
 	struct copy_arg ca = {&j, 0};
-	pthread_t w, r[3], cp;
-	uint64_t during, x = 3;
+	struct export_arg x = {.f = f};
+	pthread_t w, r[3], cp, ex;
+	uint64_t during, seed = 3;
 	uint8_t *buf = xalloc(CHUNK);
 
 	atomic_store(&j.max_rate, 8ull * MiB); /* about 4 s */
@@ -185,6 +205,8 @@ static void test_read_while_copied_and_written(void **state)
 	assert_int_equal(pthread_create(&w, NULL, writer, f), 0);
 	for (int i = 0; i < 3; i++)
 		assert_int_equal(pthread_create(&r[i], NULL, reader, f), 0);
+	path_cat(x.path, sizeof(x.path), f->dir, "export.img");
+	assert_int_equal(pthread_create(&ex, NULL, export_main, &x), 0);
 	pthread_join(cp, NULL);
 	during = atomic_load(&f->reads);
 	/* The copy's end, as copy_run does it. */
@@ -196,8 +218,17 @@ static void test_read_while_copied_and_written(void **state)
 	for (int i = 0; i < 3; i++)
 		pthread_join(r[i], NULL);
 	cow_wait_merged(f->c, 0);
+	pthread_join(ex, NULL);
 
 	assert_int_equal(ca.r, 0);
+	assert_int_equal(atomic_load(&x.r), 0);
+	{
+		size_t len = 0;
+		uint8_t *got = file_read_all(x.path, &len);
+		assert_int_equal(len, SIZE);
+		assert_memory_equal(got, f->a, SIZE);
+		free(got);
+	}
 	assert_int_equal(atomic_load(&f->errors), 0);
 	assert_int_equal(atomic_load(&f->bad), 0);
 	assert_true(during > 100);
@@ -211,7 +242,7 @@ static void test_read_while_copied_and_written(void **state)
 		free(now);
 	}
 	for (int i = 0; i < 64; i++) {
-		uint64_t k = splitmix64(&x) % (SIZE / CHUNK);
+		uint64_t k = splitmix64(&seed) % (SIZE / CHUNK);
 		assert_int_equal(view_read(f->v, buf, CHUNK, k * CHUNK), CHUNK);
 		assert_memory_equal(buf, f->a + k * CHUNK, CHUNK);
 	}
@@ -236,32 +267,35 @@ static void test_failed_copy_reads_fail(void **state)
 	free(buf);
 }
 
-/* An export while nothing is copied yet is the base at the point in time,
- * even with the disk overwritten through the tracker first. */
-static void test_export_before_copy(void **state)
+/* An export during an incremental copy reads the point in time (here all
+ * from the base, overwritten through the tracker first) but ends with the
+ * copy: it fails when the copy fails. */
+static void test_export_ends_with_the_copy(void **state)
 {
 	struct fx *f = *state;
-	char out[PATH_MAX];
-	int fd;
+	struct export_arg x = {.f = f};
+	pthread_t t;
 
 	start(f);
+	view_set_incremental(f->v);
 	while (!cow_enter(f->c))
 		cow_wait_open(f->c);
 	assert_int_equal(cow_pwrite(f->c, f->b, SIZE, 0), (ssize_t)SIZE);
 	cow_leave(f->c);
-	path_cat(out, sizeof(out), f->dir, "export.img");
-	fd = open(out, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-	assert_true(fd >= 0);
-	assert_int_equal(view_export(f->v, fd), 0);
-	close(fd);
+	path_cat(x.path, sizeof(x.path), f->dir, "export.img");
+	assert_int_equal(pthread_create(&t, NULL, export_main, &x), 0);
+	usleep(500 * 1000);
+	assert_false(atomic_load(&x.done)); /* read, waiting for the copy's end */
 	{
 		size_t len = 0;
-		uint8_t *got = file_read_all(out, &len);
+		uint8_t *got = file_read_all(x.path, &len);
 		assert_int_equal(len, SIZE);
 		assert_memory_equal(got, f->a, SIZE);
 		free(got);
 	}
 	view_end(f->v, false);
+	pthread_join(t, NULL);
+	assert_int_equal(atomic_load(&x.r), -EIO);
 	cow_copy_end(f->c, false, NULL, NULL);
 	cow_wait_merged(f->c, 0);
 }
@@ -271,7 +305,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_read_while_copied_and_written, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failed_copy_reads_fail, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_export_before_copy, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_export_ends_with_the_copy, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
