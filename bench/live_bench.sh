@@ -7,7 +7,9 @@
 #  impact: on the attached disk, each 4 KiB workload runs BEFORE_S seconds
 #    with no snapshot, then again while a snapshot is being created (from
 #    its request to its end): IOPS and p99 latency during / before, the
-#    copy's duration and the overlay's peak.
+#    copy's duration and the overlay's peak. The last workload, ext4, is
+#    70/30 randrw on a 2 GiB file of an ext4 made on the attached disk.
+#    IMPACT_JOBS picks workloads (default "randwrite randread randrw ext4").
 #
 #   sudo bench/live_bench.sh [attach|impact|all] [BUILD_DIR]
 #
@@ -26,6 +28,7 @@ SIZE_MB=${SIZE_MB:-4096}
 RUNTIME=${RUNTIME:-20}   # attach: seconds per fio run
 BEFORE_S=${BEFORE_S:-15} # impact: seconds without a snapshot
 TRANSPORTS=${TRANSPORTS:-"on off"}
+IMPACT_JOBS=${IMPACT_JOBS:-"randwrite randread randrw ext4"}
 
 [ "$(id -u)" = 0 ] || { echo "live_bench: needs root"; exit 77; }
 command -v fio >/dev/null || { echo "live_bench: needs fio"; exit 77; }
@@ -43,6 +46,7 @@ sock=$tmp/dsnapd.sock
 pid= raw= disk=
 cleanup() {
 	[ -n "$raw" ] && losetup -d "$raw" 2>/dev/null
+	mountpoint -q "$tmp/fs" && umount "$tmp/fs"
 	[ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
 	umount -l "$tmp"/state/mnt/* 2>/dev/null
 	rm -rf "$tmp"
@@ -129,19 +133,29 @@ if [ "$what" = impact ] || [ "$what" = all ]; then
 	for t in $TRANSPORTS; do
 		start_daemon "$t"
 		tname=$(ds --output json describe-disks --disk-ids "$disk" | json 'd["Disks"]["Disk"][0]["Transport"]')
-		for job in randwrite randread randrw; do
+		for job in $IMPACT_JOBS; do
 			: >"$tmp/rows"
+			target=$dev fjob=$job extra=()
+			if [ "$job" = ext4 ]; then
+				# a file system on the attached disk, a file laid out once
+				mkfs.ext4 -q -F "$dev"
+				mkdir -p "$tmp/fs"
+				mount "$dev" "$tmp/fs"
+				target=$tmp/fs/fio.dat fjob=randrw extra=(--size=2g)
+				fio --name=layout --filename="$target" --size=2g --rw=write --bs=1M \
+					--direct=1 >/dev/null
+			fi
 			for _ in $(seq "$RUNS"); do
-				read -r ib pb < <(fio_run $job "$dev" "$BEFORE_S")
+				read -r ib pb < <(fio_run $fjob "$target" "$BEFORE_S" "${extra[@]}")
 				t0=$(date +%s.%N)
 				snap=$(ds --quiet create-snapshot --disk-id "$disk")
 				# fio until the copy ends (its runtime is a ceiling).
-				fio_run $job "$dev" 600 >"$tmp/during" &
+				fio_run $fjob "$target" 600 "${extra[@]}" >"$tmp/during" &
 				fpid=$!
 				while [ "$(ds --output json describe-snapshots --snapshot-ids "$snap" |
 					json 'd["Snapshots"]["Snapshot"][0]["Status"]')" = progressing ]; do sleep 0.2; done
 				t1=$(date +%s.%N)
-				pkill -INT -f "fio --name=b --filename=$dev" 2>/dev/null || true
+				pkill -INT -f "fio --name=b --filename=$target" 2>/dev/null || true
 				wait $fpid || true
 				read -r id pd <"$tmp/during"
 				# the merge runs on; the next round waits for it
@@ -159,6 +173,9 @@ if [ "$what" = impact ] || [ "$what" = all ]; then
 			# medians of each column; the ratios are medians of per-run ratios
 			printf '%-10s %-10s %9s %9s %6s %8s %8s %6s %8s %9s\n' "$job" "$tname" "$(col 1)" \
 				"$(col 2)" "$(col 3)" "$(col 4)" "$(col 5)" "$(col 6)" "$(col 7)" "$(col 8) MiB"
+			if [ "$job" = ext4 ]; then
+				umount "$tmp/fs"
+			fi
 		done
 		stop_daemon
 	done
