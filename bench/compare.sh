@@ -304,6 +304,23 @@ EOF
 }
 
 # -- dsnap -------------------------------------------------------------------------------------
+# snapshot_step STEP COPY: attach and mount the disk, freeze it, copy the
+# image for the peers (what the point in time holds), then time a snapshot
+# (its id in $tmp/out); the file system stays frozen.
+snapshot_step() {
+	local hwm
+	attach
+	mount "$dev" "$mnt"
+	freeze
+	cp --sparse=always "$tmp/disk.img" "$tmp/$2"
+	drop_caches
+	timed "$tmp/out" "$DSNAP" --socket "$sock" --quiet create-snapshot --disk-id "$disk" --wait
+	put dsnap "$1_s" "$(since "$T_START")"
+	hwm=$(hwm_kb)
+	put dsnap "$1_rss" $((RSS_KB + hwm))
+	put dsnap "$1_hwm" "$hwm"
+}
+
 run_dsnap() {
 	local full incr out hwm info
 	rm -rf "$state" "$tmp/disk.img"
@@ -313,17 +330,8 @@ run_dsnap() {
 	# full: dsnapd started afresh, the disk attached and mounted, frozen
 	start_daemon
 	disk=$(ds --quiet register-disk --path "$tmp/disk.img")
-	attach
-	mount "$dev" "$mnt"
-	freeze
-	cp --sparse=always "$tmp/disk.img" "$tmp/A.img" # what the point in time holds
-	drop_caches
-	timed "$tmp/out" "$DSNAP" --socket "$sock" --quiet create-snapshot --disk-id "$disk" --wait
-	put dsnap full_s "$(since "$T_START")"
+	snapshot_step full A.img
 	full=$(cat "$tmp/out")
-	hwm=$(hwm_kb)
-	put dsnap full_rss $((RSS_KB + hwm))
-	put dsnap full_hwm "$hwm"
 	thaw
 	read -r nchanged nall written < <(change_files)
 	[ -n "${written:-}" ] || die "the change set failed"
@@ -337,17 +345,8 @@ run_dsnap() {
 
 	# incremental: a fresh dsnapd; the bitmap comes back from STATE/cbt
 	start_daemon
-	attach
-	mount "$dev" "$mnt"
-	freeze
-	cp --sparse=always "$tmp/disk.img" "$tmp/B.img"
-	drop_caches
-	timed "$tmp/out" "$DSNAP" --socket "$sock" --quiet create-snapshot --disk-id "$disk" --wait
-	put dsnap incr_s "$(since "$T_START")"
+	snapshot_step incr B.img
 	incr=$(cat "$tmp/out")
-	hwm=$(hwm_kb)
-	put dsnap incr_rss $((RSS_KB + hwm))
-	put dsnap incr_hwm "$hwm"
 	thaw
 	umount "$mnt"
 	detach

@@ -128,22 +128,30 @@ static void kebab(const char *camel_name, char *out, size_t size);
 /* build() returns it after printing a command's help: exit 0. */
 #define HELP_SHOWN (-1)
 
-/* dsnap COMMAND --help: the command's flags, from the API's own table. */
-static void command_help(const char *command, const char *action)
+/* An action's flags from the API's own table, each printed as pre--FLAGpost,
+ * then tag and wait where --tag and --wait apply. */
+static void print_flags(const char *action, const char *pre, const char *post, const char *tag,
+			const char *wait)
 {
 	bool tags = false;
 	const char *const *params = ds_api_action_params(action, &tags);
 	char flag[160];
 
-	printf("usage: dsnap [GLOBAL OPTIONS] %s", command);
 	for (size_t i = 0; params && params[i]; i++) {
 		kebab(params[i], flag, sizeof(flag));
-		printf(" [--%s VALUE]", flag);
+		printf("%s--%s%s", pre, flag, post);
 	}
 	if (tags)
-		printf(" [--tag KEY=VALUE]...");
+		printf("%s", tag);
 	if (strcmp(action, "CreateSnapshot") == 0)
-		printf(" [--wait]");
+		printf("%s", wait);
+}
+
+/* dsnap COMMAND --help: the command's flags. */
+static void command_help(const char *command, const char *action)
+{
+	printf("usage: dsnap [GLOBAL OPTIONS] %s", command);
+	print_flags(action, " [", " VALUE]", " [--tag KEY=VALUE]...", " [--wait]");
 	printf("\nSends the %s action; each flag is the parameter of the same name in\n"
 	       "doc/dsnapd.md (--disk-id is DiskId). Lists take \"a,b\" or a JSON array.\n",
 	       action);
@@ -400,19 +408,8 @@ static int complete(int argc, char **argv)
 		return 0;
 	}
 	if (argc >= 3 && strcmp(argv[1], "flags") == 0) {
-		const char *const *params;
-		bool tags = false;
 		camel(argv[2], name, sizeof(name));
-		params = ds_api_action_params(name, &tags);
-		for (size_t i = 0; params && params[i]; i++) {
-			char flag[128];
-			kebab(params[i], flag, sizeof(flag));
-			printf("--%s\n", flag);
-		}
-		if (tags)
-			printf("--tag\n");
-		if (strcmp(name, "CreateSnapshot") == 0)
-			printf("--wait\n");
+		print_flags(name, "", "\n", "--tag\n", "--wait\n");
 		return 0;
 	}
 	return EXIT_USAGE;
