@@ -69,6 +69,14 @@ start_daemon() { # transport; sets dev
 	done
 	[ -n "$disk" ] || disk=$(ds --quiet register-disk --path "$img")
 	dev=$(ds --output json call AttachDisk DiskId="$disk" | json 'd["Device"]')
+	# dsnapd writes the overlay log in advance (overlay_prewrite: the
+	# disk's size up to 4 GiB) at idle priority: measure once it is done
+	local want=$((SIZE_MB < 4096 ? SIZE_MB : 4096)) have=0
+	for _ in $(seq 1200); do
+		have=$(du -m "$tmp/state/overlay/$disk" 2>/dev/null | cut -f1)
+		[ "${have:-0}" -ge "$want" ] && break
+		sleep 0.5
+	done
 }
 stop_daemon() {
 	ds call DetachDisk DiskId="$disk" >/dev/null

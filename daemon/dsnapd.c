@@ -63,6 +63,7 @@ struct config {
 	int max_copies_per_disk;
 	int max_running_copies; /* 0: one per CPU */
 	int copy_max_rate; /* MiB/s, 0: unlimited */
+	long overlay_prewrite; /* MiB, -1: auto */
 	uint32_t chunk_size;
 	char clock_file[PATH_MAX];
 	int fuse_uring; /* 0 auto, 1 on, 2 off */
@@ -73,6 +74,7 @@ struct config {
 static struct config cfg = {
 	.socket_mode = 0660,
 	.maintenance_interval = 60,
+	.overlay_prewrite = -1,
 	.log_level = DS_LOG_INFO,
 };
 
@@ -171,6 +173,11 @@ static int set_key(const char *key, const char *val, const char *where)
 		if (*end || v < 0 || v > 1024 * 1024)
 			goto bad;
 		cfg.copy_max_rate = (int)v;
+	} else if (strcmp(key, "overlay_prewrite") == 0) {
+		long v = strcmp(val, "auto") == 0 ? -1 : strtol(val, &end, 10);
+		if ((v >= 0 && *end) || v < -1 || v > 1024L * 1024 * 1024)
+			goto bad;
+		cfg.overlay_prewrite = v;
 	} else if (strcmp(key, "fuse_uring") == 0) {
 		if (strcmp(val, "auto") == 0)
 			cfg.fuse_uring = 0;
@@ -704,6 +711,8 @@ int main(int argc, char **argv)
 	eo.chunk_size = cfg.chunk_size;
 	eo.max_copies_per_disk = cfg.max_copies_per_disk;
 	eo.copy_max_rate = (uint64_t)cfg.copy_max_rate << 20;
+	eo.overlay_prewrite = cfg.overlay_prewrite < 0 ? 0
+			      : cfg.overlay_prewrite == 0 ? -1 : (int64_t)cfg.overlay_prewrite << 20;
 	eo.max_running_copies = cfg.max_running_copies;
 	r = ds_engine_open(cfg.state, &eo, &engine);
 	if (r < 0) {

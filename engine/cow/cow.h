@@ -22,22 +22,27 @@ enum cow_where { COW_BASE = 0, COW_OVERLAY = 1 };
 struct cow;
 
 struct cow_stats {
-	uint64_t overlay_bytes;      /* allocated in the overlay now */
+	uint64_t overlay_bytes;      /* redirected to the overlay now */
 	uint64_t overlay_peak;       /* the most since the last cow_start */
 	uint64_t merged_bytes;       /* merged back since the last cow_start */
+	uint64_t log_ready;          /* bytes of the overlay log written in advance */
 	bool active, busy, failed;
 };
 
 /*
  * Opens the tracker of the disk whose backing is base_path (an image file
- * or block device), with its overlay at overlay_path (created when
- * missing). Whatever an earlier run left in the overlay is merged into the
- * base first (crash recovery): *recovered is set to the bytes merged.
+ * or block device), with its overlay log at overlay_path and its maps at
+ * overlay_path.map and .dmap (created when missing). Whatever an earlier
+ * run left in the overlay is merged into the base first (crash recovery):
+ * *recovered is set to the bytes merged. The log's first prewrite bytes
+ * (at most the disk's size) are written in advance, while no snapshot
+ * runs: redirected writes into them change no file system metadata.
  * chunk_size is the store's (a power of two, at most 4 MiB).
  */
 int cow_open(const char *base_path, const char *overlay_path, uint32_t chunk_size,
-	     struct cow **out, uint64_t *recovered);
-/* Waits for a running merge, then closes. The overlay is empty after it. */
+	     uint64_t prewrite, struct cow **out, uint64_t *recovered);
+/* Waits for a running merge, then closes. The overlay's map is empty
+ * after it (the log keeps its written slots for the next open). */
 void cow_close(struct cow *c);
 
 uint64_t cow_size(const struct cow *c);
@@ -50,7 +55,7 @@ int cow_overlay_fd(const struct cow *c, bool direct);
 /*
  * Every read, write, fsync and discard is bracketed by cow_enter and
  * cow_leave. cow_enter returns false while the tracker holds I/O for a
- * moment (fixing a point in time, punching the overlay): the caller waits
+ * moment (fixing a point in time, settling the overlay): the caller waits
  * (cow_wait_open) or, on an event loop, parks the request until the wake
  * callback runs.
  */
@@ -62,19 +67,20 @@ void cow_wait_open(struct cow *c);
 void cow_set_wake(struct cow *c, void (*wake)(void *), void *arg);
 
 /*
- * Where the bytes at [off, off + len) are read from or written to: the
- * answer holds for the first *run bytes (at least one block's worth,
- * or len). Writes may only go to the overlay in whole blocks, or into
- * blocks the overlay has already: cow_write_needs_fill says when a write
- * must take cow_pwrite instead (it fills a partial block from the base).
+ * Where the bytes at [off, off + len) of the disk are read from or written
+ * to: the file (base or overlay) and *at, the offset in it; the answer
+ * holds for the first *run bytes (at least up to the end of the first
+ * block, or len). A write routed to new overlay slots takes them: give
+ * cow_written the same at. Writes may only go to the overlay in whole
+ * blocks, or into blocks the overlay has already: cow_write_needs_fill
+ * says when a write must take cow_pwrite instead (it fills a partial
+ * block from the base).
  */
-enum cow_where cow_route(struct cow *c, bool write, uint64_t off, uint32_t len, uint32_t *run);
+enum cow_where cow_route(struct cow *c, bool write, uint64_t off, uint32_t len, uint32_t *run,
+			 uint64_t *at);
 bool cow_write_needs_fill(struct cow *c, uint64_t off, uint32_t len);
-/* A write of [off, off + len) to where completed. */
-void cow_written(struct cow *c, enum cow_where where, uint64_t off, uint32_t len);
-/* An overlay write of [off, off + len) failed or fell short: the overlay
- * space it may have taken in blocks not redirected is given back. */
-void cow_overlay_abort(struct cow *c, uint64_t off, uint32_t len);
+/* A write of [off, off + len) of the disk, to where at at, completed. */
+void cow_written(struct cow *c, enum cow_where where, uint64_t off, uint32_t len, uint64_t at);
 /*
  * An overlay write failed with err (-ENOSPC...): when the overlay cannot
  * grow, the snapshot fails, writes go to the base again, and true is
@@ -88,7 +94,8 @@ ssize_t cow_pread(struct cow *c, void *buf, size_t len, uint64_t off);
 ssize_t cow_pwrite(struct cow *c, const void *buf, size_t len, uint64_t off);
 /* fallocate on the disk: punching (discard) and zeroing ranges. */
 int cow_fallocate(struct cow *c, int mode, uint64_t off, uint64_t len);
-/* fdatasync of the overlay (the base's is the caller's). */
+/* Makes the overlay's writes and its map durable (the base's fdatasync is
+ * the caller's). */
 int cow_sync_overlay(struct cow *c);
 
 /* ---- snapshots (the engine) ------------------------------------------------- */
@@ -118,7 +125,7 @@ bool cow_failed(struct cow *c);
  * in time. */
 bool cow_chunk_copied(struct cow *c, uint64_t i);
 /* Waits until the merge of snapshot gen (0: whatever runs) has ended:
- * everything redirected is merged back and punched. */
+ * everything redirected is merged back and the map emptied. */
 void cow_wait_merged(struct cow *c, uint64_t gen);
 /* Reads (out) and/or sets (set) the snapshot the bitmap counts from. */
 void cow_since(struct cow *c, char out[COW_SINCE_MAX], const char *set);

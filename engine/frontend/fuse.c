@@ -127,6 +127,7 @@ struct bio {
 	/* the run being transferred: [run_start, run_end) of the request,
 	 * to the base or the overlay */
 	enum cow_where where;
+	uint64_t at; /* the run's offset in its file */
 	uint32_t run_start, run_end;
 	bool retried; /* once, after the overlay filled up */
 };
@@ -413,10 +414,16 @@ static bool gated(uint32_t opcode)
 	       opcode == FUSE_FALLOCATE;
 }
 
+/* Where the current run goes on in its file. */
+static uint64_t bio_pos(const struct bio *b)
+{
+	return b->at + (b->done - b->run_start);
+}
+
 /* The fd for the current run: O_DIRECT when everything is aligned. */
 static int bio_fd(const struct frontend *f, const struct bio *b)
 {
-	bool aligned = ((b->off + b->done) | (b->run_end - b->done) |
+	bool aligned = (bio_pos(b) | (b->run_end - b->done) |
 			(uintptr_t)((uint8_t *)b->buf + b->done)) % 512 == 0;
 	int fd = -1;
 
@@ -641,7 +648,8 @@ static void submit_bio(struct queue *q, struct entry *e)
 	}
 	if (b->op != BIO_FSYNC && b->done == b->run_end) {
 		uint32_t run;
-		b->where = cow_route(cow, b->op == BIO_WRITE, b->off + b->done, b->len - b->done, &run);
+		b->where = cow_route(cow, b->op == BIO_WRITE, b->off + b->done, b->len - b->done, &run,
+				     &b->at);
 		b->run_start = b->done;
 		b->run_end = b->done + run;
 	}
@@ -655,10 +663,10 @@ static void submit_bio(struct queue *q, struct entry *e)
 		io_uring_prep_fsync(sqe, cow_base_fd(cow, false), IORING_FSYNC_DATASYNC);
 	else if (b->op == BIO_READ)
 		io_uring_prep_read(sqe, bio_fd(q->f, b), (uint8_t *)b->buf + b->done,
-				   b->run_end - b->done, b->off + b->done);
+				   b->run_end - b->done, bio_pos(b));
 	else
 		io_uring_prep_write(sqe, bio_fd(q->f, b), (uint8_t *)b->buf + b->done,
-				    b->run_end - b->done, b->off + b->done);
+				    b->run_end - b->done, bio_pos(b));
 	io_uring_sqe_set_data(sqe, &e->io_tag);
 }
 
@@ -731,10 +739,8 @@ static void on_bio(struct queue *q, struct entry *e, int res)
 	if (res == 0 && b->op == BIO_WRITE)
 		res = -EIO; /* the end of a block device */
 	if (res < 0 && b->op == BIO_WRITE && b->where == COW_OVERLAY) {
-		/* The run's overlay space goes back (allocated must mean
-		 * redirected); if the overlay is full, the snapshot fails and
-		 * the run is written again, to the base. */
-		cow_overlay_abort(q->f->cow, b->off + b->run_start, b->run_end - b->run_start);
+		/* If the overlay is full, the snapshot fails and the run is
+		 * written again, to the base. */
 		if (!b->retried && cow_overlay_error(q->f->cow, res)) {
 			b->retried = true;
 			b->done = b->run_end = b->run_start;
@@ -746,7 +752,7 @@ static void on_bio(struct queue *q, struct entry *e, int res)
 		b->done += (uint32_t)res;
 		if (b->op == BIO_WRITE && b->done == b->run_end)
 			cow_written(q->f->cow, b->where, b->off + b->run_start,
-				    b->run_end - b->run_start);
+				    b->run_end - b->run_start, b->at);
 		if (b->done < b->len) {
 			submit_bio(q, e); /* the rest of the run, or the next run */
 			return;

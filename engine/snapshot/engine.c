@@ -105,9 +105,12 @@ struct snap_attached {
 };
 
 /* The copier of a live disk runs at idle I/O priority, faster when it
- * falls below this rate or the overlay grows past its limit. */
+ * falls below this rate or the overlay grows past its limit: a quarter of
+ * the disk, or the overlay log written in advance when that is larger
+ * (past it, redirected writes allocate: they cost more than a faster copy). */
 #define COPY_MIN_RATE (32ull << 20)  /* bytes per second */
 #define OVERLAY_SOFT_LIMIT(size) MIN((size) / 4, 4ull << 30)
+#define OVERLAY_PREWRITE_DEFAULT (4ull << 30) /* at most the disk's size */
 #define FG_WINDOW_NS 200000000ull /* 0.2 s */
 #define FG_BUSY 1000 /* requests per second: the disk is in use, the copy yields */
 #define RUNNER_NICE 10 /* copies of disks not attached */
@@ -133,6 +136,7 @@ struct ds_engine {
 	pthread_cond_t queue_cond;
 	bool closing; /* runners stop when the queue is empty */
 	uint64_t copy_max_rate;
+	int64_t overlay_prewrite;
 	bool stopping;  /* no new copies */
 	int fuse_transport;
 	struct attached *attached;
@@ -192,6 +196,7 @@ int ds_engine_open(const char *state_dir, const struct ds_engine_options *opt,
 	e->queue_tail = &e->queue_head;
 	pthread_cond_init(&e->queue_cond, NULL);
 	e->copy_max_rate = opt ? opt->copy_max_rate : 0;
+	e->overlay_prewrite = opt ? opt->overlay_prewrite : 0;
 	e->fuse_transport = opt ? opt->fuse_transport : 0;
 	pthread_mutex_init(&e->lock, NULL);
 	pthread_cond_init(&e->changed, NULL);
@@ -692,6 +697,11 @@ int ds_disk_delete(struct ds_engine *e, const char *id)
 		char path[DS_PATH_MAX + 64];
 		disk_file(e, "overlay", id, path, sizeof(path));
 		unlink(path);
+		for (size_t i = 0; i < 2; i++) { /* its maps, beside it */
+			char map[DS_PATH_MAX + 80];
+			snprintf(map, sizeof(map), "%s%s", path, i ? ".dmap" : ".map");
+			unlink(map);
+		}
 		disk_file(e, "cbt", id, path, sizeof(path));
 		unlink(path);
 	}
@@ -741,7 +751,7 @@ static void job_read_done(void *opaque, uint64_t first, uint64_t n)
 	struct job *j = opaque;
 	struct cow_stats st;
 	struct timespec now;
-	uint64_t now_ns, elapsed_ns;
+	uint64_t now_ns, elapsed_ns, limit;
 	bool fast;
 
 	cow_copied(j->cow, first, n);
@@ -750,7 +760,8 @@ static void job_read_done(void *opaque, uint64_t first, uint64_t n)
 	now_ns = (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
 	elapsed_ns = now_ns - ((uint64_t)j->started.tv_sec * 1000000000ull +
 			      (uint64_t)j->started.tv_nsec);
-	fast = st.overlay_bytes > OVERLAY_SOFT_LIMIT(j->cj.m->disk_size) ||
+	limit = MAX(OVERLAY_SOFT_LIMIT(j->cj.m->disk_size), st.log_ready);
+	fast = st.overlay_bytes > limit ||
 	       (elapsed_ns > 2000000000ull &&
 		(double)atomic_load(&j->cj.bytes_read) < (double)elapsed_ns / 1e9 * COPY_MIN_RATE);
 	atomic_store(&j->ioprio, fast ? DS_IOPRIO_BE : DS_IOPRIO_IDLE);
@@ -762,7 +773,7 @@ static void job_read_done(void *opaque, uint64_t first, uint64_t n)
 	{
 		uint64_t cap = j->e->copy_max_rate, slow = 2 * COPY_MIN_RATE;
 		bool yield = foreground_rate(j, now_ns) >= FG_BUSY &&
-			     st.overlay_bytes <= OVERLAY_SOFT_LIMIT(j->cj.m->disk_size);
+			     st.overlay_bytes <= limit;
 		atomic_store(&j->cj.max_rate, yield ? (cap ? MIN(cap, slow) : slow) : cap);
 	}
 	if (fast != worker_fast) {
@@ -1821,7 +1832,11 @@ static int open_tracker(struct ds_engine *e, const char *id, struct attached *a)
 		return -errno;
 	disk_file(e, "overlay", id, ov, sizeof(ov));
 	disk_file(e, "cbt", id, cbt, sizeof(cbt));
-	r = cow_open(a->path, ov, ds_store_chunk_size(e->store), &a->cow, &recovered);
+	r = cow_open(a->path, ov, ds_store_chunk_size(e->store),
+		     e->overlay_prewrite < 0 ? 0
+		     : e->overlay_prewrite ? (uint64_t)e->overlay_prewrite
+					   : OVERLAY_PREWRITE_DEFAULT,
+		     &a->cow, &recovered);
 	if (r < 0) {
 		log_error("engine: cannot open the overlay of %s: %s", id, strerror(-r));
 		return r;

@@ -42,6 +42,9 @@ struct ds_engine_options {
 	uint64_t copy_max_rate;   /* bytes per second a snapshot's copy reads at most; 0 = no limit */
 	int max_running_copies;   /* copies of disks not attached that read at once (the rest
 				   * wait their turn, progressing at 0%); 0 = one per CPU, at least 2 */
+	int64_t overlay_prewrite; /* bytes of an attached disk's overlay log written in advance
+				   * (cheap redirected writes); 0 = the disk's size, at most
+				   * 4 GiB; < 0 = none */
 };
 
 /*

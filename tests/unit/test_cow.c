@@ -28,7 +28,7 @@
 #define KiB 1024u
 #define MiB (1024u * 1024u)
 #define BLK COW_BLOCK
-#define REGION (64ull * MiB) /* the merger's unit (cow.c) */
+#define REGION (64ull * MiB) /* a disk past one slot table (16384 blocks) */
 #define MAXW 8               /* bitmap words: up to 512 chunks */
 
 struct fx {
@@ -39,6 +39,7 @@ struct fx {
 	 * must read, scratch */
 	uint8_t *a, *b, *want, *got;
 	uint64_t size;
+	bool no_prewrite; /* the overlay log is not written in advance */
 };
 
 static int setup(void **state)
@@ -101,7 +102,8 @@ static void make_base(struct fx *f, uint64_t size)
 static void open_cow(struct fx *f, uint32_t chunk, uint64_t *recovered)
 {
 	assert_null(f->c);
-	assert_int_equal(cow_open(f->base, f->overlay, chunk, &f->c, recovered), 0);
+	assert_int_equal(cow_open(f->base, f->overlay, chunk, f->no_prewrite ? 0 : 1 * MiB, &f->c,
+					     recovered), 0);
 	assert_int_equal(cow_size(f->c), f->size);
 	assert_int_equal(cow_nchunks(f->c), (f->size + chunk - 1) / chunk);
 	assert_true(cow_nchunks(f->c) <= 64 * MAXW);
@@ -187,19 +189,29 @@ static void assert_base_is(struct fx *f, const uint8_t *ref, uint64_t off, size_
 	assert_bytes_equal(p, ref + off, len);
 }
 
-/* SEEK_DATA finds nothing in the file: ENXIO. */
-static bool no_data(const char *path)
+/* The overlay's maps (path.map, path.dmap) name no slot. */
+static bool map_empty(const char *overlay)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	off_t d;
-	int e;
+	static const char *const suffix[] = {".map", ".dmap"};
 
-	if (fd < 0)
-		return false;
-	d = lseek(fd, 0, SEEK_DATA);
-	e = errno;
-	close(fd);
-	return d < 0 && e == ENXIO;
+	for (size_t i = 0; i < 2; i++) {
+		char p[PATH_MAX + 8];
+		uint64_t ent[512];
+		ssize_t n;
+		int fd;
+		snprintf(p, sizeof(p), "%s%s", overlay, suffix[i]);
+		fd = open(p, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			return false;
+		for (off_t off = 4096; (n = pread(fd, ent, sizeof(ent), off)) > 0; off += n)
+			for (size_t k = 0; k < (size_t)n / 8; k++)
+				if (ent[k]) {
+					close(fd);
+					return false;
+				}
+		close(fd);
+	}
+	return true;
 }
 
 static struct cow_stats stats(struct cow *c)
@@ -211,11 +223,19 @@ static struct cow_stats stats(struct cow *c)
 	return st;
 }
 
-static enum cow_where route(struct cow *c, bool write, uint64_t off, uint32_t len, uint32_t *run)
+/* cow_route: where, and *at in that file (may be NULL). */
+static enum cow_where route_at(struct cow *c, bool write, uint64_t off, uint32_t len,
+			       uint32_t *run, uint64_t *at)
 {
 	uint32_t dummy;
+	uint64_t dummy_at;
 
-	return cow_route(c, write, off, len, run ? run : &dummy);
+	return cow_route(c, write, off, len, run ? run : &dummy, at ? at : &dummy_at);
+}
+
+static enum cow_where route(struct cow *c, bool write, uint64_t off, uint32_t len, uint32_t *run)
+{
+	return route_at(c, write, off, len, run, NULL);
 }
 
 /* A bitmap of MAXW words with the chunks in list (ended by -1) set. */
@@ -296,8 +316,7 @@ static void test_idle_goes_to_base(void **state)
 	/* Everything reached the base; nothing the overlay. */
 	assert_base_is(f, f->want, 0, f->size);
 	assert_disk_reads_want(f);
-	assert_true(no_data(f->overlay));
-	assert_int_equal(file_size(f->overlay), f->size);
+	assert_true(map_empty(f->overlay));
 	st = stats(f->c);
 	assert_int_equal(st.overlay_bytes, 0);
 	assert_int_equal(st.overlay_peak, 0);
@@ -313,7 +332,7 @@ static void test_idle_goes_to_base(void **state)
 	memset(f->want + 512 * KiB, 0, 64 * KiB);
 	assert_base_is(f, f->want, 0, f->size);
 	assert_int_equal(file_size(f->base), f->size);
-	assert_true(no_data(f->overlay));
+	assert_true(map_empty(f->overlay));
 
 	/* Nothing past the end: writes refused, reads short. */
 	assert_int_equal(cow_pwrite(f->c, f->b, 1, f->size), -ENOSPC);
@@ -365,7 +384,7 @@ static void test_point_in_time(void **state)
 	unsigned step = 0;
 	struct cow_stats st;
 
-	/* Two merge regions: the first is merged while the copy still runs. */
+	/* More blocks than one piece of the slot table holds. */
 	open_disk(f, REGION + 2 * MiB, cs);
 	nchunks = cow_nchunks(f->c);
 	memset(taken, 0xff, sizeof(taken));
@@ -392,7 +411,7 @@ static void test_point_in_time(void **state)
 	/* The tracker reads B, the base still holds A, the overlay has it all. */
 	assert_disk_reads_want(f);
 	assert_base_is(f, f->a, 0, f->size);
-	assert_false(no_data(f->overlay));
+	assert_false(map_empty(f->overlay));
 	st = stats(f->c);
 	assert_int_equal(st.overlay_bytes, f->size);
 
@@ -400,11 +419,8 @@ static void test_point_in_time(void **state)
 		/* The copier has not read chunk k yet: the base holds A there. */
 		assert_base_is(f, f->a, k * cs, cs);
 		cow_copied(f->c, k, 1);
-		if ((k + 1) * cs == REGION) {
-			/* The first region is all copied; with a small overlay
-			 * it is merged after the copy, not now. */
+		if ((k + 1) * cs == REGION) /* merged after the copy, not now */
 			assert_disk_reads_want(f);
-		}
 	}
 	cow_copy_end(f->c, true, taken, NULL);
 	cow_wait_merged(f->c, 0);
@@ -412,7 +428,7 @@ static void test_point_in_time(void **state)
 	assert_int_equal(file_size(f->base), f->size);
 	assert_base_is(f, f->b, 0, f->size);
 	assert_disk_reads_want(f);
-	assert_true(no_data(f->overlay));
+	assert_true(map_empty(f->overlay));
 	st = stats(f->c);
 	assert_false(st.busy);
 	assert_false(st.active);
@@ -480,7 +496,7 @@ static void test_concurrent_sector_writes(void **state)
 	cow_copy_end(f->c, true, NULL, NULL);
 	cow_wait_merged(f->c, 0);
 	assert_base_is(f, f->want, 0, f->size);
-	assert_true(no_data(f->overlay));
+	assert_true(map_empty(f->overlay));
 }
 
 /* ---- 3. routing after the copier read a chunk ---------------------------------- */
@@ -493,6 +509,7 @@ static void test_route_after_copied(void **state)
 	_Alignas(4096) uint8_t p[4][BLK];
 	uint8_t blk[BLK];
 	uint32_t run = 0;
+	uint64_t at = 0;
 
 	for (int i = 0; i < 4; i++)
 		fill_random(p[i], BLK, 100 + (uint64_t)i);
@@ -524,7 +541,8 @@ static void test_route_after_copied(void **state)
 	assert_true(cow_write_needs_fill(f->c, x + 1024, 512));
 	cw(f, p[3], 512, x + 1024); /* into the block the overlay has */
 	assert_base_is(f, f->a, x, BLK);
-	file_read(f->overlay, blk, BLK, x);
+	assert_int_equal(route_at(f->c, false, x, BLK, NULL, &at), COW_OVERLAY);
+	file_read(f->overlay, blk, BLK, at); /* its slot in the log */
 	assert_bytes_equal(blk, f->want + x, BLK);
 	assert_disk_reads_want(f);
 	/* Chunk 1 not copied. */
@@ -549,7 +567,7 @@ static void test_route_after_copied(void **state)
 	assert_int_equal(run, f->size);
 	assert_base_is(f, f->want, 0, f->size);
 	assert_disk_reads_want(f);
-	assert_true(no_data(f->overlay));
+	assert_true(map_empty(f->overlay));
 }
 
 /* ---- 4. crash recovery ------------------------------------------------------------ */
@@ -580,8 +598,7 @@ static void test_recover_overlay(void **state)
 	assert_int_equal(rec, total);
 	assert_true(test_log_has("by a crash"));
 	assert_base_is(f, f->want, 0, f->size);
-	assert_true(no_data(f->overlay));
-	assert_int_equal(file_size(f->overlay), f->size);
+	assert_true(map_empty(f->overlay));
 	assert_false(stats(f->c).busy);
 	assert_disk_reads_want(f);
 
@@ -593,64 +610,102 @@ static void test_recover_overlay(void **state)
 	assert_base_is(f, f->want, 0, f->size);
 }
 
-/* In a child: a snapshot runs, some writes are redirected, some (in a
- * copied chunk) reach the base, and the process is killed. */
-static void crash_child(struct fx *f, const uint64_t (*w)[2], size_t n, uint32_t cs)
+/* In a child: a snapshot runs, writes w[0..nsync) are made and flushed,
+ * then w[nsync..n) are made, and the process is killed. Some are
+ * redirected, some (in chunk 3, copied) reach the base. */
+static void crash_child(struct fx *f, const uint64_t (*w)[2], size_t n, size_t nsync, uint32_t cs)
 {
 	struct cow *c = NULL;
 
 	child_default_signals();
-	if (cow_open(f->base, f->overlay, cs, &c, NULL) < 0 || cow_start(c, NULL, NULL, NULL) < 0)
+	if (cow_open(f->base, f->overlay, cs, 1 * MiB, &c, NULL) < 0 || cow_start(c, NULL, NULL, NULL) < 0)
 		_exit(10);
 	cow_copied(c, 3, 1);
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
 		if (cow_pwrite(c, f->b + w[i][0], w[i][1], w[i][0]) != (ssize_t)w[i][1])
 			_exit(11);
-	if (cow_sync_overlay(c) < 0)
-		_exit(12);
+		if (i + 1 == nsync && cow_sync_overlay(c) < 0)
+			_exit(12);
+	}
 	raise(SIGKILL);
 	_exit(13);
 }
 
-static void test_recover_after_kill(void **state)
+static void run_crash_child(struct fx *f, const uint64_t (*w)[2], size_t n, size_t nsync,
+			    uint32_t cs)
 {
-	struct fx *f = *state;
-	const uint32_t cs = 64 * KiB;
-	/* {off, len}: a block, a run across two chunks, one sector, and a
-	 * block in chunk 3 (copied: the base). */
-	static const uint64_t w[][2] = {
-		{2 * BLK, BLK},
-		{64 * KiB - 2 * BLK, 128 * KiB},
-		{1 * MiB + 1536, 512},
-		{3 * 64 * KiB + BLK, BLK},
-	};
-	const uint64_t redirected = BLK + 128 * KiB + BLK;
-	uint64_t rec = 0;
 	int st = 0;
-	pid_t pid;
+	pid_t pid = fork();
 
-	if (!fs_keeps_holes(f->dir))
-		skip();
-	make_base(f, 4 * MiB);
-	pid = fork();
 	assert_true(pid >= 0);
 	if (pid == 0)
-		crash_child(f, w, sizeof(w) / sizeof(w[0]), cs);
+		crash_child(f, w, n, nsync, cs);
 	assert_int_equal(waitpid(pid, &st, 0), pid);
 	if (WIFEXITED(st))
 		print_error("the child exited with %d\n", WEXITSTATUS(st));
 	assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
-	for (size_t i = 0; i < sizeof(w) / sizeof(w[0]); i++)
-		memcpy(f->want + w[i][0], f->b + w[i][0], w[i][1]);
+}
+
+/* {off, len}: a block, a run across two chunks, one sector, and a block
+ * in chunk 3 (copied: the base); then, not flushed, two more blocks. */
+static const uint64_t crash_writes[][2] = {
+	{2 * BLK, BLK},
+	{64 * KiB - 2 * BLK, 128 * KiB},
+	{1 * MiB + 1536, 512},
+	{3 * 64 * KiB + BLK, BLK},
+	{9 * BLK, BLK},
+	{2 * MiB, 2 * BLK},
+};
+#define CRASH_SYNCED 4
+#define CRASH_REDIRECTED (BLK + 128 * KiB + BLK) /* of the flushed writes */
+
+/* dsnapd killed: every completed write is found again, flushed or not. */
+static void test_recover_after_kill(void **state)
+{
+	struct fx *f = *state;
+	const uint32_t cs = 64 * KiB;
+	uint64_t rec = 0;
+
+	make_base(f, 4 * MiB);
+	run_crash_child(f, crash_writes, (sizeof(crash_writes) / sizeof(crash_writes[0])), CRASH_SYNCED, cs);
+	for (size_t i = 0; i < (sizeof(crash_writes) / sizeof(crash_writes[0])); i++)
+		memcpy(f->want + crash_writes[i][0], f->b + crash_writes[i][0], crash_writes[i][1]);
 	/* The base still holds A where the writes were redirected. */
 	assert_base_is(f, f->a, 0, 3 * 64 * KiB);
 	assert_base_is(f, f->want, 3 * 64 * KiB + BLK, BLK);
-	assert_false(no_data(f->overlay));
+	assert_base_is(f, f->a, 2 * MiB, 2 * BLK);
+	assert_false(map_empty(f->overlay));
 
 	open_cow(f, cs, &rec);
-	assert_int_equal(rec, redirected);
+	assert_int_equal(rec, CRASH_REDIRECTED + 3 * BLK);
 	assert_base_is(f, f->want, 0, f->size);
-	assert_true(no_data(f->overlay));
+	assert_true(map_empty(f->overlay));
+	assert_disk_reads_want(f);
+}
+
+/* The machine went down: the map of another boot is not trusted, the
+ * durable one brings back every flushed write (the others may go, as on
+ * any disk after a power cut). */
+static void test_recover_after_power_cut(void **state)
+{
+	struct fx *f = *state;
+	const uint32_t cs = 64 * KiB;
+	char map[PATH_MAX + 8];
+	uint64_t rec = 0;
+
+	make_base(f, 4 * MiB);
+	run_crash_child(f, crash_writes, (sizeof(crash_writes) / sizeof(crash_writes[0])), CRASH_SYNCED, cs);
+	/* another boot: the header's boot id (after magic, version, block
+	 * size) is not this one's */
+	snprintf(map, sizeof(map), "%s.map", f->overlay);
+	assert_int_equal(write_at(map, 16, "not-this-boot", 14), 0);
+	for (size_t i = 0; i < CRASH_SYNCED; i++)
+		memcpy(f->want + crash_writes[i][0], f->b + crash_writes[i][0], crash_writes[i][1]);
+
+	open_cow(f, cs, &rec);
+	assert_int_equal(rec, CRASH_REDIRECTED);
+	assert_base_is(f, f->want, 0, f->size);
+	assert_true(map_empty(f->overlay));
 	assert_disk_reads_want(f);
 }
 
@@ -691,6 +746,7 @@ static void test_overlay_full(void **state)
 		skip();
 	assert_int_equal(r, 0);
 	path_cat(f->overlay, sizeof(f->overlay), small, "overlay");
+	f->no_prewrite = true; /* its slots are allocated as they are used */
 
 	open_disk(f, 8 * MiB, cs);
 	cw(f, f->b + 7 * MiB, BLK, 7 * MiB); /* chunk 112, before the snapshot */
@@ -728,7 +784,7 @@ static void test_overlay_full(void **state)
 	assert_int_equal(st.overlay_bytes, 0);
 	assert_base_is(f, f->want, 0, f->size);
 	assert_disk_reads_want(f);
-	assert_true(no_data(f->overlay));
+	assert_true(map_empty(f->overlay));
 	/* The failed snapshot's chunks count as changed again. */
 	bits_range(want_bits, 64);
 	want_bits[96 / 64] |= 1ull << (96 % 64);
@@ -744,7 +800,7 @@ static void test_overlay_full(void **state)
 	cow_copy_end(f->c, true, NULL, NULL);
 	cow_wait_merged(f->c, 0);
 	assert_base_is(f, f->want, 0, f->size);
-	assert_true(no_data(f->overlay));
+	assert_true(map_empty(f->overlay));
 }
 
 /* cbt_load, then the since it loaded into since (64 bytes). */
@@ -885,7 +941,7 @@ static void test_punch_while_busy(void **state)
 	assert_int_equal(file_size(f->base), f->size);
 	assert_base_is(f, f->want, 0, f->size);
 	assert_disk_reads_want(f);
-	assert_true(no_data(f->overlay));
+	assert_true(map_empty(f->overlay));
 }
 
 /*
@@ -926,8 +982,8 @@ static void test_preallocate_while_busy_keeps_data(void **state)
  * The frontend's path for a whole-block write: cow_enter, cow_route, the
  * write on the overlay's fd, cow_written, cow_leave. Here the write is
  * routed to the overlay before its chunk is copied and completes after
- * the copy ended and the merger went past its region (it found nothing
- * redirected there then) and waits on the gate for its last step. The
+ * the copy ended, while the merger waits on the gate for its last step
+ * (its passes found nothing redirected). The
  * write was acknowledged: the disk must read it, and the base must hold
  * it once merged.
  */
@@ -937,6 +993,7 @@ static void test_write_in_flight_at_copy_end(void **state)
 	const uint64_t x = 5 * BLK;
 	enum cow_where w;
 	uint32_t run = 0;
+	uint64_t at = 0;
 	bool entered, closed = false;
 	ssize_t n = -1;
 	struct cow_stats st;
@@ -945,11 +1002,10 @@ static void test_write_in_flight_at_copy_end(void **state)
 	assert_int_equal(cow_start(f->c, NULL, NULL, NULL), 0);
 	entered = cow_enter(f->c);
 	assert_true(entered);
-	w = cow_route(f->c, true, x, BLK, &run);
+	w = cow_route(f->c, true, x, BLK, &run, &at);
 	cow_copied(f->c, 0, cow_nchunks(f->c));
 	cow_copy_end(f->c, true, NULL, NULL);
-	/* The merger closes the gate only for its last step here (no region
-	 * held a redirected block when it looked). */
+	/* The merger closes the gate for its last step. */
 	for (double t0 = now_sec(); !closed && now_sec() - t0 < 10;) {
 		if (cow_enter(f->c)) {
 			cow_leave(f->c);
@@ -959,9 +1015,9 @@ static void test_write_in_flight_at_copy_end(void **state)
 		}
 	}
 	n = pwrite(w == COW_OVERLAY ? cow_overlay_fd(f->c, false) : cow_base_fd(f->c, false),
-		   f->b + x, BLK, (off_t)x);
+		   f->b + x, BLK, (off_t)at);
 	if (n == BLK)
-		cow_written(f->c, w, x, BLK);
+		cow_written(f->c, w, x, BLK, at);
 	cow_leave(f->c);
 	cow_wait_merged(f->c, 0);
 
@@ -974,7 +1030,7 @@ static void test_write_in_flight_at_copy_end(void **state)
 	assert_false(st.busy);
 	assert_disk_reads_want(f);
 	assert_base_is(f, f->want, 0, f->size);
-	assert_true(no_data(f->overlay));
+	assert_true(map_empty(f->overlay));
 }
 
 /* ---- 9. a disk whose size is not a whole number of blocks ------------------- */
@@ -1010,7 +1066,7 @@ static void test_short_last_block(void **state)
 	assert_base_is(f, f->want, 0, f->size);
 	assert_disk_reads_want(f);
 	assert_int_equal(stats(f->c).merged_bytes, BLK + 1000);
-	empty = no_data(f->overlay);
+	empty = map_empty(f->overlay);
 
 	/* The next start must find nothing to recover and change nothing. */
 	close_cow(f);
@@ -1031,6 +1087,7 @@ int main(void)
 		T(test_route_after_copied),
 		T(test_recover_overlay),
 		T(test_recover_after_kill),
+		T(test_recover_after_power_cut),
 		T(test_overlay_full),
 		T(test_changed_bitmap),
 		T(test_punch_while_busy),

@@ -100,7 +100,7 @@ static void attach(struct fx *f, enum frontend_transport t)
 	if (t != FRONTEND_DEV)
 		frontend_enable_uring(true);
 	if (!f->cow)
-		assert_int_equal(cow_open(f->image, f->overlay, 65536, &f->cow, NULL), 0);
+		assert_int_equal(cow_open(f->image, f->overlay, 65536, 1u << 20, &f->cow, NULL), 0);
 	r = frontend_attach(f->cow, f->image, f->mnt, t, &f->f);
 	if (r == -EOPNOTSUPP && t == FRONTEND_URING)
 		skip();

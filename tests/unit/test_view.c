@@ -93,7 +93,7 @@ static struct ds_manifest *start(struct fx *f)
 	fill_random(f->a, SIZE, 0xA);
 	fill_random(f->b, SIZE, 0xB);
 	assert_int_equal(write_at(f->base, 0, f->a, SIZE), 0);
-	assert_int_equal(cow_open(f->base, f->overlay, CHUNK, &f->c, NULL), 0);
+	assert_int_equal(cow_open(f->base, f->overlay, CHUNK, 1u << 20, &f->c, NULL), 0);
 	assert_int_equal(ds_store_create(f->store_dir, NULL), 0);
 	assert_int_equal(ds_store_open(f->store_dir, &f->s), 0);
 	assert_int_equal(cow_start(f->c, NULL, NULL, NULL), 0);
