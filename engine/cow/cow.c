@@ -39,7 +39,9 @@
  *    data, never an unwritten slot. Two first writes racing for one block
  *    each get a slot; the first to complete claims the block (a
  *    compare-and-swap), the other's data stays unused: of two concurrent
- *    writes either may win, as on any disk. A write smaller than a block
+ *    writes either may win (if one is smaller than a block, the block may
+ *    keep old bytes around it: overlapping writes in flight together have
+ *    no defined result). A write smaller than a block
  *    into a block not yet redirected first fills the slot from the base
  *    (cow_pwrite, under fill_mu: two sub-block writes to one block are
  *    read-modify-writes and must not lose each other; every partial-block
@@ -341,7 +343,7 @@ static int map_reserve(struct cow *c, uint64_t n)
 		if (fallocate(c->map_fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)to) < 0 ||
 		    fallocate(c->dmap_fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)to) < 0)
 			r = errno == EOPNOTSUPP ? 0 : -errno; /* then no reserve: best effort */
-		else
+		if (r == 0)
 			atomic_store(&c->map_ready, to);
 	}
 	pthread_mutex_unlock(&c->map_mu);
@@ -539,12 +541,21 @@ void cow_written(struct cow *c, enum cow_where where, uint64_t off, uint32_t len
 		uint64_t now, peak;
 		/* The map first (what a crash finds), then redirected. A block
 		 * that has a slot keeps it: this write went there, or lost a
-		 * race of first writes (see the design note). */
+		 * race of first writes (see the design note). The entry is
+		 * stored before the claim, so that whoever sees the claim (a
+		 * loser of the race, which then sets redirected) knows the map
+		 * has it; a loser takes its entry back. A crash in between may
+		 * merge both slots of the block: either write, as after any
+		 * crash during two concurrent writes. */
 		for (uint64_t i = a; i < b; i++) {
-			if (slot_claim(c, i, s0 + (i - a))) {
-				map_set(c, s0 + (i - a), i + 1);
+			uint64_t s = s0 + (i - a);
+			if (slot_get(c, i))
+				continue; /* its own slot, or it lost (the map has the winner's) */
+			map_set(c, s, i + 1);
+			if (slot_claim(c, i, s))
 				added++;
-			}
+			else
+				map_set(c, s, 0);
 		}
 		bits_change(c->redir, a, b, true);
 		bits_change(c->dirty, a, b, true);
@@ -796,16 +807,21 @@ static int64_t merge_dirty(struct cow *c, uint8_t *buf, uint64_t b0, uint64_t b1
 }
 
 /* Empties both maps: the durable one durably. */
+/* Empties both maps, the durable one first: if that fails, nothing
+ * changed in the other, and every page of it is written again at the next
+ * flush. Only slots whose map space was reserved can hold an entry (a
+ * store into an unreserved page could fault for want of space). */
 static int map_clear(struct cow *c)
 {
 	static const uint8_t zeros[MERGE_IO];
-	uint64_t used = MIN(atomic_load(&c->next_slot), c->nslots);
+	uint64_t ready = atomic_load(&c->map_ready);
+	uint64_t used = MIN(MIN(atomic_load(&c->next_slot), c->nslots),
+			    ready > MAP_HEADER ? (ready - MAP_HEADER) / 8 : 0);
 	uint64_t end = MAP_HEADER + used * 8;
+	size_t npages = (c->map_len + 4095) / 4096;
 	int r = 0;
 
 	pthread_mutex_lock(&c->sync_mu);
-	for (uint64_t s = 0; s < used; s++)
-		atomic_store_explicit(&c->map[MAP_HEADER / 8 + s], 0, memory_order_relaxed);
 	for (uint64_t off = MAP_HEADER; off < end && r == 0; off += MERGE_IO) {
 		size_t n = (size_t)MIN((uint64_t)MERGE_IO, end - off);
 		if (pwrite(c->dmap_fd, zeros, n, (off_t)off) != (ssize_t)n)
@@ -813,8 +829,16 @@ static int map_clear(struct cow *c)
 	}
 	if (r == 0 && fdatasync(c->dmap_fd) < 0)
 		r = -errno;
-	for (size_t w = 0; w < words((c->map_len + 4095) / 4096); w++)
-		atomic_store(&c->map_dirty[w], 0);
+	if (r < 0) {
+		bits_change(c->map_dirty, 1, npages, true);
+	} else {
+		for (uint64_t s = 0; s < used; s++)
+			if (atomic_load_explicit(&c->map[MAP_HEADER / 8 + s], memory_order_relaxed))
+				atomic_store_explicit(&c->map[MAP_HEADER / 8 + s], 0,
+						      memory_order_relaxed);
+		for (size_t w = 0; w < words(npages); w++)
+			atomic_store(&c->map_dirty[w], 0);
+	}
 	pthread_mutex_unlock(&c->sync_mu);
 	return r;
 }
@@ -943,7 +967,6 @@ static void *merger_thread(void *arg)
 	atomic_store(&c->merged_gen, atomic_load(&c->started_gen));
 	gate_open(c);
 	free(buf);
-	if (!left)
 	atomic_store(&c->merging, false);
 	wake_waiters(c);
 	return NULL;
@@ -1196,7 +1219,19 @@ static int merge_sparse(struct cow *c, uint8_t *buf, uint64_t *total)
 		}
 		pos = (off_t)end;
 	}
+	if (*total > 0 && fdatasync(c->base_buf) < 0)
+		return -errno;
 	return ftruncate(c->ov_buf, 0) < 0 ? -errno : 0;
+}
+
+/* No map could be read: an overlay as dsnap before the log left it is
+ * exactly the disk's blocks long (a log is longer: nslots > nblocks); a
+ * log whose maps were being set up again is not. */
+static bool legacy_overlay(struct cow *c)
+{
+	struct stat st;
+
+	return fstat(c->ov_buf, &st) == 0 && (uint64_t)st.st_size == c->nblocks * BLK;
 }
 
 /* Both maps empty, with this boot's header. */
@@ -1217,8 +1252,8 @@ static int maps_reset(struct cow *c, const char *boot)
 /* Crash recovery: the map of this boot (a crash of dsnapd), or else the
  * durable one (of the machine), names the blocks whose newest data is in
  * the overlay; they go to the base, then the maps are emptied. Without
- * maps, the overlay is an older dsnap's sparse one. */
-static int recover(struct cow *c, bool had_map, uint64_t *recovered)
+ * maps, the overlay may be an older dsnap's sparse one. */
+static int recover(struct cow *c, uint64_t *recovered)
 {
 	char boot[BOOT_ID_MAX];
 	uint8_t *buf = NULL;
@@ -1234,7 +1269,7 @@ static int recover(struct cow *c, bool had_map, uint64_t *recovered)
 	else if ((n = map_header_read(c->dmap_fd, NULL)) >= 0)
 		r = merge_map(c, c->dmap_fd, (uint64_t)n, buf, &total);
 	else
-		r = had_map ? 0 : merge_sparse(c, buf, &total);
+		r = legacy_overlay(c) ? merge_sparse(c, buf, &total) : 0;
 	free(buf);
 	if (r == 0 && total > 0 && fdatasync(c->base_buf) < 0)
 		r = -errno;
@@ -1268,15 +1303,14 @@ static void release(struct cow *c)
 	free(c);
 }
 
-/* path + suffix, opened read-write (created); *existed says if it was. */
-static int open_beside(const char *path, const char *suffix, bool *existed)
+/* path + suffix, opened read-write (created). */
+static int open_beside(const char *path, const char *suffix)
 {
 	char p[4096];
 	int fd;
 
 	if ((size_t)snprintf(p, sizeof(p), "%s%s", path, suffix) >= sizeof(p))
 		return -ENAMETOOLONG;
-	*existed = access(p, F_OK) == 0;
 	fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	return fd < 0 ? -errno : fd;
 }
@@ -1287,7 +1321,6 @@ int cow_open(const char *base_path, const char *overlay_path, uint32_t chunk_siz
 	struct cow *c = calloc(1, sizeof(*c));
 	struct stat st;
 	uint64_t dummy;
-	bool had_map = false, had_dmap = false;
 	int r = 0;
 
 	if (!c)
@@ -1316,8 +1349,8 @@ int cow_open(const char *base_path, const char *overlay_path, uint32_t chunk_siz
 		goto err;
 	}
 	c->ov_direct = open(overlay_path, O_RDWR | O_DIRECT | O_CLOEXEC);
-	if ((c->map_fd = open_beside(overlay_path, ".map", &had_map)) < 0 ||
-	    (c->dmap_fd = open_beside(overlay_path, ".dmap", &had_dmap)) < 0) {
+	if ((c->map_fd = open_beside(overlay_path, ".map")) < 0 ||
+	    (c->dmap_fd = open_beside(overlay_path, ".dmap")) < 0) {
 		r = c->map_fd < 0 ? c->map_fd : c->dmap_fd;
 		goto err;
 	}
@@ -1347,7 +1380,7 @@ int cow_open(const char *base_path, const char *overlay_path, uint32_t chunk_siz
 	pthread_mutex_init(&c->since_mu, NULL);
 	pthread_mutex_init(&c->map_mu, NULL);
 	pthread_mutex_init(&c->sync_mu, NULL);
-	r = recover(c, had_map || had_dmap, recovered);
+	r = recover(c, recovered);
 	if (r == 0 && fstat(c->ov_buf, &st) == 0 && (uint64_t)st.st_size < c->nslots * BLK &&
 	    ftruncate(c->ov_buf, (off_t)(c->nslots * BLK)) < 0)
 		r = -errno;

@@ -42,7 +42,8 @@ struct cow_stats {
 int cow_open(const char *base_path, const char *overlay_path, uint32_t chunk_size,
 	     uint64_t prewrite, struct cow **out, uint64_t *recovered);
 /* Waits for a running merge, then closes. The overlay's map is empty
- * after it (the log keeps its written slots for the next open). */
+ * after it unless the merge failed (then the next open merges it); the
+ * log keeps its written slots. */
 void cow_close(struct cow *c);
 
 uint64_t cow_size(const struct cow *c);
