@@ -48,7 +48,7 @@ cleanup() {
 	[ -n "$raw" ] && losetup -d "$raw" 2>/dev/null
 	mountpoint -q "$tmp/fs" && umount "$tmp/fs"
 	[ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-	umount -l "$tmp"/state/mnt/* 2>/dev/null
+	umount -l "$tmp"/state/mnt/* 2>/dev/null || true
 	rm -rf "$tmp"
 	return 0
 }
