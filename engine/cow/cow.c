@@ -15,7 +15,7 @@
  * O_DIRECT writes to io_uring's workers: random writes during a snapshot
  * ran at 0.42 of their rate before it with the copier all but stopped.
  * Slots are written with zeros in advance (by the prewriter, while no
- * snapshot runs, up to a quarter of the disk and at most 4 GiB), so a
+ * snapshot runs, as much as cow_open is asked: dsnapd's overlay_prewrite), so a
  * redirected write overwrites blocks the file already has: 0.76 in the
  * same measurement. A log needs its own map, which a sparse file had
  * for free (its allocated extents); that map is below.
@@ -598,8 +598,8 @@ ssize_t cow_pread(struct cow *c, void *buf, size_t len, uint64_t off)
 	return (ssize_t)done;
 }
 
-/* Writes n bytes at off, inside block b, into the overlay's slot at
- * (bytes): the rest of the block comes from where its newest data is.
+/* Writes n bytes at off, inside block b (not redirected), into the
+ * overlay's slot at (bytes): the rest of the block comes from the base.
  * Caller holds fill_mu. */
 static int fill_block(struct cow *c, uint64_t b, const uint8_t *data, uint32_t n, uint64_t off,
 		      uint64_t at)
@@ -609,7 +609,6 @@ static int fill_block(struct cow *c, uint64_t b, const uint8_t *data, uint32_t n
 	uint32_t blen = (uint32_t)(block_end(c, b) - start);
 	ssize_t r;
 
-	/* not redirected (the caller looked, under fill_mu): the base has it */
 	memset(blk, 0, sizeof(blk));
 	r = io_at(c, COW_BASE, false, blk, blen, start);
 	if (r < 0)
@@ -721,7 +720,7 @@ int cow_fallocate(struct cow *c, int mode, uint64_t off, uint64_t len)
  */
 int cow_sync_overlay(struct cow *c)
 {
-	size_t npages = (c->map_len + 4095) / 4096, ndirty = 0, k = 0;
+	size_t npages = c->map_len / 4096, ndirty = 0, k = 0;
 	uint8_t *copy = NULL;
 	uint64_t *pages = NULL;
 	int r = 0;
@@ -806,7 +805,6 @@ static int64_t merge_dirty(struct cow *c, uint8_t *buf, uint64_t b0, uint64_t b1
 	return merged;
 }
 
-/* Empties both maps: the durable one durably. */
 /* Empties both maps, the durable one first: if that fails, nothing
  * changed in the other, and every page of it is written again at the next
  * flush. Only slots whose map space was reserved can hold an entry (a
@@ -818,7 +816,7 @@ static int map_clear(struct cow *c)
 	uint64_t used = MIN(MIN(atomic_load(&c->next_slot), c->nslots),
 			    ready > MAP_HEADER ? (ready - MAP_HEADER) / 8 : 0);
 	uint64_t end = MAP_HEADER + used * 8;
-	size_t npages = (c->map_len + 4095) / 4096;
+	size_t npages = c->map_len / 4096;
 	int r = 0;
 
 	pthread_mutex_lock(&c->sync_mu);
@@ -1219,9 +1217,7 @@ static int merge_sparse(struct cow *c, uint8_t *buf, uint64_t *total)
 		}
 		pos = (off_t)end;
 	}
-	if (*total > 0 && fdatasync(c->base_buf) < 0)
-		return -errno;
-	return ftruncate(c->ov_buf, 0) < 0 ? -errno : 0;
+	return 0;
 }
 
 /* No map could be read: an overlay as dsnap before the log left it is
@@ -1258,6 +1254,7 @@ static int recover(struct cow *c, uint64_t *recovered)
 	char boot[BOOT_ID_MAX];
 	uint8_t *buf = NULL;
 	uint64_t total = 0;
+	bool legacy = false;
 	int64_t n;
 	int r;
 
@@ -1268,10 +1265,12 @@ static int recover(struct cow *c, uint64_t *recovered)
 		r = merge_map(c, c->map_fd, (uint64_t)n, buf, &total);
 	else if ((n = map_header_read(c->dmap_fd, NULL)) >= 0)
 		r = merge_map(c, c->dmap_fd, (uint64_t)n, buf, &total);
-	else
-		r = legacy_overlay(c) ? merge_sparse(c, buf, &total) : 0;
+	else if ((legacy = legacy_overlay(c)))
+		r = merge_sparse(c, buf, &total);
 	free(buf);
 	if (r == 0 && total > 0 && fdatasync(c->base_buf) < 0)
+		r = -errno;
+	if (r == 0 && legacy && ftruncate(c->ov_buf, 0) < 0) /* from now on a log */
 		r = -errno;
 	if (r == 0)
 		r = maps_reset(c, boot);
@@ -1303,6 +1302,8 @@ static void release(struct cow *c)
 	free(c);
 }
 
+static const char *const map_suffix[] = {".map", ".dmap"};
+
 /* path + suffix, opened read-write (created). */
 static int open_beside(const char *path, const char *suffix)
 {
@@ -1313,6 +1314,16 @@ static int open_beside(const char *path, const char *suffix)
 		return -ENAMETOOLONG;
 	fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	return fd < 0 ? -errno : fd;
+}
+
+void cow_remove(const char *overlay_path)
+{
+	char p[4096];
+
+	unlink(overlay_path);
+	for (size_t i = 0; i < ARRAY_SIZE(map_suffix); i++)
+		if ((size_t)snprintf(p, sizeof(p), "%s%s", overlay_path, map_suffix[i]) < sizeof(p))
+			unlink(p);
 }
 
 int cow_open(const char *base_path, const char *overlay_path, uint32_t chunk_size,
@@ -1349,8 +1360,8 @@ int cow_open(const char *base_path, const char *overlay_path, uint32_t chunk_siz
 		goto err;
 	}
 	c->ov_direct = open(overlay_path, O_RDWR | O_DIRECT | O_CLOEXEC);
-	if ((c->map_fd = open_beside(overlay_path, ".map")) < 0 ||
-	    (c->dmap_fd = open_beside(overlay_path, ".dmap")) < 0) {
+	if ((c->map_fd = open_beside(overlay_path, map_suffix[0])) < 0 ||
+	    (c->dmap_fd = open_beside(overlay_path, map_suffix[1])) < 0) {
 		r = c->map_fd < 0 ? c->map_fd : c->dmap_fd;
 		goto err;
 	}

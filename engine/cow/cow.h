@@ -46,6 +46,9 @@ int cow_open(const char *base_path, const char *overlay_path, uint32_t chunk_siz
  * log keeps its written slots. */
 void cow_close(struct cow *c);
 
+/* Removes a closed tracker's overlay log and its maps (the disk is gone). */
+void cow_remove(const char *overlay_path);
+
 uint64_t cow_size(const struct cow *c);
 /* The base fds (O_DIRECT one is -1 where the base does not take O_DIRECT). */
 int cow_base_fd(const struct cow *c, bool direct);

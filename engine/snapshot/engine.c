@@ -696,12 +696,7 @@ int ds_disk_delete(struct ds_engine *e, const char *id)
 	if (r == 0) {
 		char path[DS_PATH_MAX + 64];
 		disk_file(e, "overlay", id, path, sizeof(path));
-		unlink(path);
-		for (size_t i = 0; i < 2; i++) { /* its maps, beside it */
-			char map[DS_PATH_MAX + 80];
-			snprintf(map, sizeof(map), "%s%s", path, i ? ".dmap" : ".map");
-			unlink(map);
-		}
+		cow_remove(path);
 		disk_file(e, "cbt", id, path, sizeof(path));
 		unlink(path);
 	}
