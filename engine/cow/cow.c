@@ -1256,7 +1256,7 @@ static int recover(struct cow *c, uint64_t *recovered)
 	uint64_t total = 0;
 	bool legacy = false;
 	int64_t n;
-	int r;
+	int r = 0;
 
 	boot_id(boot);
 	if (posix_memalign((void **)&buf, 4096, MERGE_IO))
