@@ -63,6 +63,7 @@ struct config {
 	int max_copies_per_disk;
 	int max_running_copies; /* 0: one per CPU */
 	int copy_max_rate; /* MiB/s, 0: unlimited */
+	int copy_busy_rate; /* MiB/s, 0: the engine's default */
 	long overlay_prewrite; /* MiB, -1: auto */
 	uint32_t chunk_size;
 	char clock_file[PATH_MAX];
@@ -168,11 +169,15 @@ static int set_key(const char *key, const char *val, const char *where)
 		if (*end || v < 1 || v > 1024)
 			goto bad;
 		cfg.max_running_copies = (int)v;
-	} else if (strcmp(key, "copy_max_rate") == 0) {
+	} else if (strcmp(key, "copy_max_rate") == 0 || strcmp(key, "copy_busy_rate") == 0) {
+		bool busy = strcmp(key, "copy_busy_rate") == 0;
 		long v = strtol(val, &end, 10);
-		if (*end || v < 0 || v > 1024 * 1024)
+		if (*end || v < (busy ? 1 : 0) || v > 1024 * 1024)
 			goto bad;
-		cfg.copy_max_rate = (int)v;
+		if (busy)
+			cfg.copy_busy_rate = (int)v;
+		else
+			cfg.copy_max_rate = (int)v;
 	} else if (strcmp(key, "overlay_prewrite") == 0) {
 		long v = strcmp(val, "auto") == 0 ? -1 : strtol(val, &end, 10);
 		if ((v >= 0 && *end) || v < -1 || v > 1024L * 1024 * 1024)
@@ -711,6 +716,7 @@ int main(int argc, char **argv)
 	eo.chunk_size = cfg.chunk_size;
 	eo.max_copies_per_disk = cfg.max_copies_per_disk;
 	eo.copy_max_rate = (uint64_t)cfg.copy_max_rate << 20;
+	eo.copy_busy_rate = (uint64_t)cfg.copy_busy_rate << 20;
 	eo.overlay_prewrite = cfg.overlay_prewrite < 0 ? 0
 			      : cfg.overlay_prewrite == 0 ? -1 : (int64_t)cfg.overlay_prewrite << 20;
 	eo.max_running_copies = cfg.max_running_copies;

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+import unittest
 import xml.etree.ElementTree as ET
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -325,6 +326,31 @@ class Throttle(ApiTest):
         # The bucket refills at the configured rate.
         time.sleep(1.1)
         self.assertOk(self.call("DescribeSnapshots"))
+
+
+class Config(unittest.TestCase):
+    """dsnapd refuses a config file with a bad value, and says which."""
+
+    def start_with(self, config):
+        tmp = harness.make_tmpdir()
+        self.addCleanup(harness.remove_tmpdir, tmp)
+        d = harness.Daemon(tmp, config)
+        try:
+            d.start(timeout=10)
+        except AssertionError:
+            d.kill()
+            return None, d.log()
+        d.stop_checked(self)
+        return d, d.log()
+
+    def test_rates(self):
+        for key, val in [("copy_busy_rate", "0"), ("copy_busy_rate", "-8"),
+                         ("copy_busy_rate", "16x"), ("copy_max_rate", "-1")]:
+            d, log = self.start_with({key: val})
+            self.assertIsNone(d, "%s = %s was accepted" % (key, val))
+            self.assertIn("bad value for %s: '%s'" % (key, val), log)
+        d, _ = self.start_with({"copy_busy_rate": "16", "copy_max_rate": "0"})
+        self.assertIsNotNone(d)
 
 
 if __name__ == "__main__":
