@@ -1,9 +1,9 @@
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "catalog/catalog.h"
@@ -28,7 +28,23 @@ struct catalog {
 	 * lock (catalog_checkpoint), never inside a commit. */
 	sqlite3 *ckpt_db;
 	pthread_mutex_t ckpt_lock;
+	/* Frames in the WAL after the last commit (wal_frames_hook). Not the
+	 * file's size: a checkpointed WAL is written again from its start,
+	 * never shrunk, so its size stays past the threshold and every copy's
+	 * end checkpointed, and every checkpoint made the next commit sync
+	 * the WAL's new header under the engine's lock. */
+	atomic_int wal_frames;
 };
+
+static int wal_frames_hook(void *opaque, sqlite3 *db, const char *name, int frames)
+{
+	struct catalog *c = opaque;
+
+	(void)db;
+	(void)name;
+	atomic_store(&c->wal_frames, frames);
+	return SQLITE_OK;
+}
 
 static const char schema[] =
 	"CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
@@ -110,6 +126,8 @@ int catalog_open(const char *path, struct catalog **out)
 	if (r == 0)
 		r = index_exec(c->db, "PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=0");
 	if (r == 0)
+		sqlite3_wal_hook(c->db, wal_frames_hook, c);
+	if (r == 0)
 		r = index_exec(c->db, schema);
 	if (r == 0)
 		r = prep(c, "SELECT value FROM meta WHERE key = 'format'", &st);
@@ -151,21 +169,25 @@ int catalog_sync(struct catalog *c)
 	return fdatasync(c->wal_fd) < 0 ? -errno : 0;
 }
 
-/* A WAL past this is copied into the database and starts over. */
-#define CKPT_WAL_BYTES (4 << 20)
+/* A WAL past this (4 MiB of 4 KiB pages) is copied into the database and
+ * starts over. */
+#define CKPT_WAL_FRAMES 1024
 
 int catalog_checkpoint(struct catalog *c)
 {
-	struct stat st;
 	int rc;
 
-	if (fstat(c->wal_fd, &st) < 0)
-		return -errno;
-	if (st.st_size < CKPT_WAL_BYTES || pthread_mutex_trylock(&c->ckpt_lock) != 0)
+	if (atomic_load(&c->wal_frames) < CKPT_WAL_FRAMES ||
+	    pthread_mutex_trylock(&c->ckpt_lock) != 0)
 		return 0;
 	/* PASSIVE: copies what no reader still needs, waits for no one;
 	 * the writer restarts the WAL at its next commit once all is in. */
 	rc = sqlite3_wal_checkpoint_v2(c->ckpt_db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+	/* Until the next commit says how many frames the restarted WAL holds,
+	 * nothing more to do (a commit since then has stored its own count,
+	 * a few frames more than this at most). */
+	if (rc == SQLITE_OK)
+		atomic_store(&c->wal_frames, 0);
 	pthread_mutex_unlock(&c->ckpt_lock);
 	return rc == SQLITE_OK || rc == SQLITE_BUSY ? 0 : index_errno(rc);
 }
