@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -330,21 +331,57 @@ static int take_lease(int fd, int type)
 	return 0;
 }
 
-static int clone_file(int src, const char *path)
+/*
+ * File systems (by device) where a reflink clone is not supported: not
+ * tried again. Each try creates an O_TMPFILE inode and drops it, which on
+ * ext4 costs a scan of the inode bitmap that grows with the inodes dropped
+ * recently, and the lease that follows is the point in time there anyway.
+ */
+#define NOCLONE_MAX 16
+static pthread_mutex_t noclone_lock = PTHREAD_MUTEX_INITIALIZER;
+static dev_t noclone[NOCLONE_MAX];
+static unsigned nnoclone;
+
+static bool clone_unsupported(dev_t dev)
+{
+	bool found = false;
+
+	pthread_mutex_lock(&noclone_lock);
+	for (unsigned i = 0; i < nnoclone && !found; i++)
+		found = noclone[i] == dev;
+	pthread_mutex_unlock(&noclone_lock);
+	return found;
+}
+
+static void clone_note_unsupported(dev_t dev)
+{
+	pthread_mutex_lock(&noclone_lock);
+	if (nnoclone < NOCLONE_MAX)
+		noclone[nnoclone++] = dev;
+	pthread_mutex_unlock(&noclone_lock);
+}
+
+static int clone_file(int src, dev_t dev, const char *path)
 {
 	char dir[PATH_MAX];
-	int fd;
+	int fd, r;
 
+	if (clone_unsupported(dev))
+		return -EOPNOTSUPP;
 	snprintf(dir, sizeof(dir), "%s", path);
 	fd = open(dirname(dir), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-	if (fd < 0)
-		return -errno;
-	if (ioctl(fd, FICLONE, src) < 0) {
-		int r = -errno;
+	if (fd < 0) {
+		r = -errno;
+	} else if (ioctl(fd, FICLONE, src) < 0) {
+		r = -errno;
 		close(fd);
-		return r;
+	} else {
+		return fd;
 	}
-	return fd;
+	/* Not supported here, as opposed to not possible now (EACCES, ENOSPC). */
+	if (r == -EOPNOTSUPP || r == -ENOTTY || r == -EINVAL || r == -EXDEV || r == -EISDIR)
+		clone_note_unsupported(dev);
+	return r;
 }
 
 int disk_pit_take(const struct disk_row *d, struct disk_pit *pit)
@@ -376,7 +413,7 @@ int disk_pit_take(const struct disk_row *d, struct disk_pit *pit)
 	}
 	pit->size = (uint64_t)st.st_size;
 	/* A reflink clone is a point in time whoever writes the file. */
-	r = clone_file(src, i->path);
+	r = clone_file(src, st.st_dev, i->path);
 	if (r >= 0) {
 		close(src);
 		pit->fd = r;
