@@ -668,7 +668,6 @@ int main(int argc, char **argv)
 	struct ds_engine_options eo = {0};
 	struct ds_api_options ao = {0};
 	struct MHD_Daemon *d;
-	unsigned pool;
 	pthread_t maint;
 	sigset_t sigs;
 	bool activated;
@@ -746,19 +745,21 @@ int main(int argc, char **argv)
 		ds_engine_close(engine);
 		return 1;
 	}
-	/* A pool of threads answers quick requests (a thread per connection
-	 * cost more than a CreateSnapshot itself: clone, and a TLB shootdown
-	 * when its stack is given back); the rest get one each (answer_slow). */
-	pool = (unsigned)(2 * sysconf(_SC_NPROCESSORS_ONLN));
-	if (pool < 4)
-		pool = 4;
+	/* One thread answers quick requests; the rest get one each
+	 * (answer_slow). A thread per connection cost more than a
+	 * CreateSnapshot itself (clone, and a TLB shootdown when its stack is
+	 * given back). A pool of threads bought nothing either: quick requests
+	 * spend most of their time under the engine's lock, and threads
+	 * handing it to each other starved one another (a waiter woken and
+	 * not yet on a CPU loses the lock again, for up to 12 ms), so 64
+	 * simultaneous creates took 30-33 ms with 2 or 4 threads and 21-23 ms
+	 * with one (bench/RESULTS.md, issue 4). */
 	d = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_INTERNAL_POLLING_THREAD |
 				     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG,
 			     0, NULL, NULL, handle, NULL, MHD_OPTION_LISTEN_SOCKET, fd,
 			     MHD_OPTION_URI_LOG_CALLBACK, uri_logger, NULL,
 			     MHD_OPTION_NOTIFY_COMPLETED, completed, NULL,
 			     MHD_OPTION_CONNECTION_LIMIT, 512u, MHD_OPTION_CONNECTION_TIMEOUT, 60u,
-			     MHD_OPTION_THREAD_POOL_SIZE, pool,
 			     /* 32 KiB: larger pools are mmapped afresh for every
 			      * connection (page faults, then an unmap): 80 ms p50
 			      * at 64 clients. Query strings fit (a value is at
