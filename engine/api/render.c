@@ -9,7 +9,6 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 
 #include "api/api_priv.h"
@@ -118,7 +117,7 @@ void new_request_id(char out[40])
 {
 	uint8_t b[16];
 
-	if (getrandom(b, sizeof(b), 0) != (ssize_t)sizeof(b))
+	if (random_bytes(b, sizeof(b)) < 0)
 		memset(b, 0, sizeof(b)); /* never fails for 16 bytes once the pool is up */
 	b[6] = (uint8_t)((b[6] & 0x0f) | 0x40); /* version 4 */
 	b[8] = (uint8_t)((b[8] & 0x3f) | 0x80); /* variant 10 */

@@ -1094,8 +1094,8 @@ int ds_snapshot_create(struct ds_engine *e, const char *disk_id,
 	/* The point in time: from here the copy reads what the disk was now. */
 	if (r == 0 && a)
 		r = live_pit_take(a, j);
-	else if (r == 0 && disk_resolve(d) < 0)
-		r = -ENODEV;
+	else if (r == 0 && d->info.kind != DS_DISK_FILE && disk_resolve(d) < 0)
+		r = -ENODEV; /* a file's identity is checked on the descriptor the copy reads */
 	else if (r == 0)
 		r = disk_pit_take(d, &j->pit);
 	pthread_mutex_lock(&e->lock);

@@ -91,7 +91,8 @@ int pwritev_full(int fd, struct iovec *iov, int cnt, uint64_t off);
 /* fsync of a directory, so that a created, renamed or removed entry lasts. */
 int fsync_dir(const char *path);
 
-/* Fills buf with random bytes from the kernel. 0 or -errno. */
+/* Fills buf with random bytes from the kernel (small draws through a
+ * per-thread buffer). 0 or -errno. */
 int random_bytes(void *buf, size_t len);
 
 /* I/O priority values (ioprio_set(2), io_uring's sqe->ioprio): best
