@@ -353,6 +353,10 @@ run_dsnap() {
 	info=$(sed -n "s/.*snapshot $incr of $disk accomplished: //p" "$log")
 	case $info in *incremental*) ;; *) echo "compare: dsnap's second snapshot was not incremental: $info" >&2 ;; esac
 	put dsnap incr_read "$(echo "$info" | sed -n 's/.* \([0-9]*\) bytes read.*/\1/p')"
+	# The copies' own durations (dsnapd's log), next to the client's wall
+	# time, which adds the request, the polling and the process start.
+	put dsnap incr_copy "$(echo "$info" | sed -n 's/.*, in \([0-9.]*\) s.*/\1/p')"
+	put dsnap full_copy "$(sed -n "s/.*snapshot $full of $disk accomplished: .*, in \([0-9.]*\) s.*/\1/p" "$log")"
 	put dsnap usage "$(ds --output json describe-snapshots-usage | json 'd["SnapshotSize"]')"
 	stop_daemon
 	put dsnap stored "$(apparent "$state/store")"
@@ -495,6 +499,8 @@ echo "stored, allocated on disk (du --block-size=1), MiB:" \
 echo "dsnap: DescribeSnapshotsUsage SnapshotSize $(mib "$(med dsnap usage)") MiB; the incremental read" \
 	"$(mib "$(med dsnap incr_read)") MiB; change set: $(med dsnap changed_files) files," \
 	"$(mib "$(med dsnap changed_bytes)") MiB written"
+echo "dsnap: the copies themselves (dsnapd's log): full $(fmt "$(med dsnap full_copy)" 2) s," \
+	"incremental $(fmt "$(med dsnap incr_copy)" 3) s"
 
 best() { for p in $peers; do med $p "$1"; done | sort -g | head -n 1; }
 bestname() { for p in $peers; do echo "$(med $p "$1") $p"; done | sort -g | head -n 1 | cut -d' ' -f2; }

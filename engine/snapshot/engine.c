@@ -926,10 +926,14 @@ static void copy_run(struct job *j, bool nice)
 		s->bytes_read = atomic_load(&j->cj.bytes_read);
 		s->stored_bytes = atomic_load(&j->cj.bytes_stored);
 		if (r == 0) {
+			struct timespec t;
+			clock_gettime(CLOCK_MONOTONIC, &t);
 			log_info("engine: snapshot %s of %s accomplished: %s copy, %llu bytes read, "
-				 "%llu stored", j->snap_id, j->disk_id,
+				 "%llu stored, in %.3f s", j->snap_id, j->disk_id,
 				 j->cj.prev ? "incremental" : "full",
-				 (unsigned long long)s->bytes_read, (unsigned long long)s->stored_bytes);
+				 (unsigned long long)s->bytes_read, (unsigned long long)s->stored_bytes,
+				 (double)(t.tv_sec - j->started.tv_sec) +
+					 (double)(t.tv_nsec - j->started.tv_nsec) / 1e9);
 			snprintf(s->status, sizeof(s->status), "accomplished");
 			s->progress = 100;
 			s->manifest = root;
