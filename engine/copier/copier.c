@@ -3,16 +3,19 @@
  *
  * Notes on the design
  *
- * The image is cut into slabs of SLAB_BYTES (whole chunks). Workers, one
- * per CPU, claim slabs in order from an atomic counter. Each worker owns an
+ * The image is cut into slabs of SLAB_BYTES (whole chunks). Workers (one
+ * per CPU unless the job says, as an incremental does: its reads are few
+ * and scattered, so it is bound by their latency, not the CPUs) claim
+ * slabs in order from an atomic counter. Each worker owns an
  * io_uring and two slab buffers (registered for long copies), and double-buffers: while it
  * hashes, compresses and stores one slab (backup) or writes one (restore),
  * the other slab's I/O is in flight on its ring. So the disk is read with
  * a bounded depth (two slabs per worker) and the CPUs are busy at once.
  *
  * A slab's I/O is one SQE per run of consecutive chunks that need it, cut
- * at OP_MAX bytes: chunks in holes (backup, SEEK_DATA) are not read and
- * keep the zero id; zero chunks are not written (restore into a new file),
+ * at OP_MAX bytes, with the chunks packed in the slab's buffer (the n-th
+ * chunk that needs I/O at n chunks, wherever it is in the slab): chunks
+ * in holes (backup, SEEK_DATA) are not read and keep the zero id; zero chunks are not written (restore into a new file),
  * punched, or written as zeros (a device). Short transfers and -EAGAIN are
  * resubmitted for the remainder; a read that meets end of file means the
  * disk shrank under the copy and fails it with -EIO.
@@ -201,8 +204,10 @@ static int submit_op(struct worker *w, struct op *op)
 	return 0;
 }
 
-/* Queues one op per run of chunks [a, b) of the slab, cut at OP_MAX. */
-static int queue_run(struct worker *w, struct slab *sl, uint64_t a, uint64_t b, bool write)
+/* Queues one op per run of chunks [a, b) of the slab, cut at OP_MAX; the
+ * run's data is at slot (in chunks) of the slab's buffer. */
+static int queue_run(struct worker *w, struct slab *sl, uint64_t a, uint64_t b, uint64_t slot,
+		     bool write)
 {
 	const struct ds_manifest *m = w->c->j->m;
 	uint64_t start = a * m->chunk_size;
@@ -214,7 +219,7 @@ static int queue_run(struct worker *w, struct slab *sl, uint64_t a, uint64_t b, 
 
 		op->sl = sl;
 		op->off = start;
-		op->buf_off = (uint32_t)(start - sl->first * m->chunk_size);
+		op->buf_off = (uint32_t)(slot * m->chunk_size + (start - a * m->chunk_size));
 		op->len = (uint32_t)MIN((uint64_t)OP_MAX, end - start);
 		op->write = write;
 		r = submit_op(w, op);
@@ -288,10 +293,12 @@ static bool range_is_hole(int fd, uint64_t off, uint64_t len)
 
 /* ---- backup --------------------------------------------------------------- */
 
-/* Marks the slab's chunks that hold data and queues reads for their runs. */
+/* Queues reads (or writes) for the runs of the slab's wanted chunks. The
+ * wanted chunks sit packed in the buffer, in order: the n-th at n chunks
+ * (so a sparse incremental touches few pages of it). */
 static int queue_wanted(struct worker *w, struct slab *sl, bool write)
 {
-	uint64_t run = UINT64_MAX;
+	uint64_t run = UINT64_MAX, slot = 0;
 	int r = 0;
 
 	for (uint64_t k = 0; k <= sl->n && r == 0; k++) {
@@ -299,7 +306,8 @@ static int queue_wanted(struct worker *w, struct slab *sl, bool write)
 		if (want && run == UINT64_MAX)
 			run = k;
 		if (!want && run != UINT64_MAX) {
-			r = queue_run(w, sl, sl->first + run, sl->first + k, write);
+			r = queue_run(w, sl, sl->first + run, sl->first + k, slot, write);
+			slot += k - run;
 			run = UINT64_MAX;
 		}
 	}
@@ -354,7 +362,7 @@ static int backup_store(struct worker *w, struct slab *sl, struct ds_chunk *batc
 	for (uint64_t k = 0; k < sl->n; k++) {
 		if (!sl->want[k])
 			continue;
-		batch[n].data = sl->buf + k * cs;
+		batch[n].data = sl->buf + n * cs; /* packed (queue_wanted) */
 		batch[n].len = (uint32_t)chunk_len(j->m, sl->first + k);
 		n++;
 	}
@@ -404,7 +412,7 @@ static int restore_fill(struct worker *w, struct slab *sl, struct ds_chunk *batc
 		if (!sl->want[k])
 			continue;
 		batch[n].id = j->m->ids[i];
-		batch[n].data = sl->buf + k * cs;
+		batch[n].data = sl->buf + n * cs; /* packed (queue_wanted) */
 		n++;
 	}
 	if (n > 0)
