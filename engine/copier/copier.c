@@ -507,8 +507,10 @@ static int worker_init(struct worker *w, struct copier *c)
 	/* Registered buffers save pinning pages on every I/O; without them
 	 * (RLIMIT_MEMLOCK) plain reads and writes work the same. Registering
 	 * pins both buffers at once (1-5 ms on a VM): a copy of a few slabs
-	 * does not repay it, a kit that has them keeps them. */
-	if (!w->kit->registered && c->nslabs >= REGISTER_MIN_SLABS) {
+	 * does not repay it, a kit that has them keeps them. Nor does an
+	 * incremental (changed set), whose reads are few: registering would
+	 * pin all of every worker's buffers where it touches a few chunks. */
+	if (!w->kit->registered && c->nslabs >= REGISTER_MIN_SLABS && !c->j->changed) {
 		struct iovec iov[2] = {{w->kit->buf[0], w->kit->bytes}, {w->kit->buf[1], w->kit->bytes}};
 		w->kit->registered = io_uring_register_buffers(w->ring, iov, 2) == 0;
 	}

@@ -117,7 +117,7 @@ struct snap_attached {
 #define FG_BUSY 1000 /* requests per second: the disk is in use, the copy yields */
 #define RUNNER_NICE 10 /* copies of disks not attached */
 #define AUDIT_EVERY 512 /* unchanged chunks: one in this many is read again */
-#define INCR_WORKERS_PER_CPU 4 /* an incremental copy's workers (load_prev) */
+#define INCR_WORKERS_PER_CPU 2 /* an incremental copy's workers (load_prev) */
 
 struct ds_engine {
 	char dir[DS_PATH_MAX];
@@ -854,7 +854,8 @@ static void load_prev(struct ds_engine *e, struct job *j)
 	j->cj.audit_every = AUDIT_EVERY;
 	/* A few scattered chunks per slab: the copy waits on reads, not the
 	 * CPUs, so more slabs are kept in flight (the copier packs the wanted
-	 * chunks in its buffers, so they touch no more memory). */
+	 * chunks in its buffers and does not register them, so the extra
+	 * workers touch little memory). */
 	j->cj.workers = (unsigned)MAX(1L, sysconf(_SC_NPROCESSORS_ONLN)) * INCR_WORKERS_PER_CPU;
 	j->cj.audit_seed = (unsigned)now_s();
 }
