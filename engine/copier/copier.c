@@ -6,19 +6,20 @@
  * The image is cut into slabs of SLAB_BYTES (whole chunks). Workers (one
  * per CPU unless the job says, as an incremental does: its reads are few
  * and scattered, so it is bound by their latency, not the CPUs) claim
- * slabs in order from an atomic counter. Each worker owns an
- * io_uring and two slab buffers (registered for long copies), and double-buffers: while it
- * hashes, compresses and stores one slab (backup) or writes one (restore),
+ * slabs in order from an atomic counter. Each worker owns an io_uring and
+ * two slab buffers (registered for long copies), and double-buffers: while
+ * it hashes, compresses and stores one slab (backup) or writes one (restore),
  * the other slab's I/O is in flight on its ring. So the disk is read with
  * a bounded depth (two slabs per worker) and the CPUs are busy at once.
  *
  * A slab's I/O is one SQE per run of consecutive chunks that need it, cut
  * at OP_MAX bytes, with the chunks packed in the slab's buffer (the n-th
  * chunk that needs I/O at n chunks, wherever it is in the slab): chunks
- * in holes (backup, SEEK_DATA) are not read and keep the zero id; zero chunks are not written (restore into a new file),
- * punched, or written as zeros (a device). Short transfers and -EAGAIN are
- * resubmitted for the remainder; a read that meets end of file means the
- * disk shrank under the copy and fails it with -EIO.
+ * in holes (backup, SEEK_DATA) are not read and keep the zero id; zero
+ * chunks are not written (restore into a new file), punched, or written
+ * as zeros (a device). Short transfers and -EAGAIN are resubmitted for
+ * the remainder; a read that meets end of file means the disk shrank under
+ * the copy and fails it with -EIO.
  *
  * The first error stops every worker at its next slab; a worker always
  * waits for its in-flight SQEs before it frees their buffers.
