@@ -752,8 +752,8 @@ int main(int argc, char **argv)
 	 * spend most of their time under the engine's lock, and threads
 	 * handing it to each other starved one another (a waiter woken and
 	 * not yet on a CPU loses the lock again, for up to 12 ms), so 64
-	 * simultaneous creates took 30-33 ms with 2 or 4 threads and 21-23 ms
-	 * with one (bench/RESULTS.md, issue 4). */
+	 * simultaneous creates took 29-39 ms with 2 or 4 threads and 23-24 ms
+	 * with one (medians of 9 runs, bench/RESULTS.md, issue 4). */
 	d = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_INTERNAL_POLLING_THREAD |
 				     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG,
 			     0, NULL, NULL, handle, NULL, MHD_OPTION_LISTEN_SOCKET, fd,

@@ -342,13 +342,21 @@ static pthread_mutex_t noclone_lock = PTHREAD_MUTEX_INITIALIZER;
 static dev_t noclone[NOCLONE_MAX];
 static unsigned nnoclone;
 
+/* Caller holds noclone_lock. */
+static bool noclone_has(dev_t dev)
+{
+	for (unsigned i = 0; i < nnoclone; i++)
+		if (noclone[i] == dev)
+			return true;
+	return false;
+}
+
 static bool clone_unsupported(dev_t dev)
 {
-	bool found = false;
+	bool found;
 
 	pthread_mutex_lock(&noclone_lock);
-	for (unsigned i = 0; i < nnoclone && !found; i++)
-		found = noclone[i] == dev;
+	found = noclone_has(dev);
 	pthread_mutex_unlock(&noclone_lock);
 	return found;
 }
@@ -356,7 +364,7 @@ static bool clone_unsupported(dev_t dev)
 static void clone_note_unsupported(dev_t dev)
 {
 	pthread_mutex_lock(&noclone_lock);
-	if (nnoclone < NOCLONE_MAX)
+	if (!noclone_has(dev) && nnoclone < NOCLONE_MAX)
 		noclone[nnoclone++] = dev;
 	pthread_mutex_unlock(&noclone_lock);
 }
@@ -378,8 +386,9 @@ static int clone_file(int src, dev_t dev, const char *path)
 	} else {
 		return fd;
 	}
-	/* Not supported here, as opposed to not possible now (EACCES, ENOSPC). */
-	if (r == -EOPNOTSUPP || r == -ENOTTY || r == -EINVAL || r == -EXDEV || r == -EISDIR)
+	/* Not supported by the file system, as opposed to not possible for
+	 * this file or now (EINVAL: a NOCOW image on btrfs; EACCES, ENOSPC). */
+	if (r == -EOPNOTSUPP || r == -ENOTTY || r == -EXDEV || r == -EISDIR)
 		clone_note_unsupported(dev);
 	return r;
 }
