@@ -116,7 +116,7 @@ int catalog_open(const char *path, struct catalog **out)
 		return -ENOMEM;
 	c->wal_fd = -1;
 	pthread_mutex_init(&c->ckpt_lock, NULL);
-	r = index_open(path, 1, &c->db);
+	r = index_open(path, INDEX_CREATE | INDEX_PRIVATE, &c->db);
 	/* Requests commit with synchronous=NORMAL (WAL): never corrupted, and
 	 * no commit is lost when dsnapd dies, but the last ones may be lost to
 	 * a power failure. The end of a copy is made durable by catalog_sync.
@@ -148,7 +148,7 @@ int catalog_open(const char *path, struct catalog **out)
 			r = -errno;
 	}
 	if (r == 0)
-		r = index_open(path, 0, &c->ckpt_db);
+		r = index_open(path, INDEX_PRIVATE, &c->ckpt_db);
 	if (r < 0) {
 		catalog_close(c);
 		return r;

@@ -69,11 +69,13 @@ int index_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **stmt)
 	return 0;
 }
 
-int index_open(const char *path, int create, sqlite3 **out)
+int index_open(const char *path, unsigned flags, sqlite3 **out)
 {
 	sqlite3 *db = NULL;
-	int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
-	int rc = sqlite3_open_v2(path, &db, flags, NULL);
+	int rc = sqlite3_open_v2(path, &db,
+				 SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX |
+					 (flags & INDEX_CREATE ? SQLITE_OPEN_CREATE : 0),
+				 flags & INDEX_PRIVATE ? "unix-excl" : NULL);
 	int r;
 
 	if (rc != SQLITE_OK) {

@@ -23,9 +23,18 @@ struct chunk_loc {
 	uint32_t raw_len;
 };
 
-/* Opens (creating when create is set) the index at path with WAL and
- * synchronous=FULL. 0 or -errno (-EBADMSG for a file that is not SQLite). */
-int index_open(const char *path, int create, sqlite3 **out);
+/* index_open's flags. */
+#define INDEX_CREATE 1u /* create the file if it does not exist */
+/* Only this process may open the file: SQLite's "unix-excl" VFS takes an
+ * exclusive lock at the first read and keeps the WAL's index in heap
+ * memory, so a transaction takes no file locks (2 fcntl calls per
+ * statement otherwise). Connections of this process share it as usual. */
+#define INDEX_PRIVATE 2u
+
+/* Opens the index at path with WAL and synchronous=FULL. 0 or -errno
+ * (-EBADMSG for a file that is not SQLite, -EBUSY when INDEX_PRIVATE and
+ * another process has it open). */
+int index_open(const char *path, unsigned flags, sqlite3 **out);
 
 struct index_meta {
 	uint32_t chunk_size;

@@ -251,7 +251,7 @@ int ds_store_create(const char *dir, const struct ds_store_options *opt)
 	if (r < 0)
 		return r;
 	unlink(path);
-	r = index_open(path, 1, &db);
+	r = index_open(path, INDEX_CREATE, &db);
 	if (r == 0)
 		r = index_init(db, &m);
 	if (r == 0)

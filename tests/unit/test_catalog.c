@@ -547,7 +547,7 @@ static void test_transactions(void **state)
 	assert_int_equal(catalog_snapshot_get(f->c, "s-t", &sout), 0);
 }
 
-/* A second connection (another dsnap process) sees committed rows. */
+/* A second connection of the same process sees committed rows. */
 static void test_two_connections(void **state)
 {
 	struct fx *f = *state;
@@ -562,8 +562,46 @@ static void test_two_connections(void **state)
 	catalog_close(other);
 }
 
-int main(void)
+/* What another process sees: SQLITE_BUSY, or the SQLite code that it got. */
+static int probe(const char *path)
 {
+	sqlite3 *db;
+	int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
+
+	if (rc == SQLITE_OK)
+		rc = sqlite3_exec(db, "SELECT count(*) FROM meta", NULL, NULL, NULL);
+	sqlite3_close(db);
+	return rc;
+}
+
+/* Another process cannot read the catalog while it is open (INDEX_PRIVATE:
+ * the WAL's index lives in dsnapd's memory, so no one else may use it).
+ * The other process is this program run again (a forked child would
+ * share SQLite's record of the parent's locks). */
+static void test_other_process_kept_out(void **state)
+{
+	struct fx *f = *state;
+	int status;
+	pid_t pid = fork();
+
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		execl("/proc/self/exe", "test_catalog", "--probe", f->path, (char *)NULL);
+		_exit(127);
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), SQLITE_BUSY);
+	/* Once closed, it is an ordinary SQLite file. */
+	catalog_close(f->c);
+	f->c = NULL;
+	assert_int_equal(probe(f->path), SQLITE_OK);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 3 && strcmp(argv[1], "--probe") == 0)
+		return probe(argv[2]);
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 	const struct CMUnitTest tests[] = {
 		T(test_open_creates),
@@ -583,6 +621,7 @@ int main(void)
 		T(test_fail_progressing),
 		T(test_transactions),
 		T(test_two_connections),
+		T(test_other_process_kept_out),
 	};
 #undef T
 
