@@ -239,13 +239,24 @@ static int gc_rewrite_pack(struct ds_store *s, uint32_t pack, uint8_t *scratch, 
 		mv[i].to = tail;
 		tail += mv[i].from.len;
 	}
-	if (n > 0) {
+	/* The copies, and a pack just created (its header), are durable
+	 * before the commit names them (I3, I4). */
+	if (n > 0 || s->dir_dirty) {
 		store_crash_point(-1, NULL, 0, 0);
 		if (fdatasync(s->cur_fd) < 0) {
 			r = -errno;
 			s->sticky = -EIO;
 			goto undo;
 		}
+	}
+	if (s->dir_dirty) {
+		store_crash_point(-1, NULL, 0, 0);
+		if (fsync(s->packs_fd) < 0) {
+			r = -errno;
+			s->sticky = -EIO;
+			goto undo;
+		}
+		s->dir_dirty = false;
 	}
 	*copied = tail - s->cur_len;
 	r = gc_commit_pack(s, pack, mv, n, tail);

@@ -29,7 +29,8 @@
  *       past it belong to no committed row. ds_store_open() cuts them off,
  *       so a half-written record is never visible.
  *   I3. A pack file exists, with its header, before any row naming it
- *       commits (file and folder fsynced first); a pack file with no row
+ *       commits (file and folder fsynced first, by the flush or GC pass
+ *       that commits the row, not at creation); a pack file with no row
  *       is an interrupted creation or an interrupted GC and is removed at
  *       open.
  *   I4. A row moves to another pack (GC) only in the transaction that
@@ -518,7 +519,12 @@ void ds_store_chunk_id(const struct ds_store *s, const void *data, size_t len, d
 
 /* ---- the writer ----------------------------------------------------------- */
 
-#define FLUSH_PENDING_BYTES (256ull << 20) /* an add past this much flushes itself */
+/* An add past this much flushes itself. Each flush is 3 or more device
+ * cache flushes (the packs, packs/, the index's WAL); a copy at 50 MB/s
+ * flushing every 256 MiB cost the disk's users a second of half their IOPS
+ * every 5 s (bench/RESULTS.md). The rows waiting meanwhile take about 64
+ * bytes per chunk. */
+#define FLUSH_PENDING_BYTES (1ull << 30)
 
 static int dirty_note(struct ds_store *s, uint32_t pack, int fd, uint64_t tail)
 {
@@ -567,10 +573,9 @@ int store_writer_pack(struct ds_store *s, bool force)
 		return -errno;
 	pack_header_fill(hdr, id, s->store_id);
 	r = pwrite_full(fd, hdr, sizeof(hdr), 0);
-	if (r == 0 && fdatasync(fd) < 0)
-		r = -errno;
-	if (r == 0 && fsync(s->packs_fd) < 0)
-		r = -errno;
+	/* Not synced here: every fdatasync is a cache flush of the device,
+	 * which the disk's users feel (a second of lower IOPS each, under
+	 * load). The flush that commits the pack's first row syncs it. */
 	if (r == 0)
 		r = dirty_note(s, id, fd, PACK_HEADER_SIZE);
 	if (r < 0) {
@@ -579,6 +584,7 @@ int store_writer_pack(struct ds_store *s, bool force)
 		return r;
 	}
 	s->max_pack = id;
+	s->dir_dirty = true;
 	for (size_t i = 0; i < s->ndirty; i++)
 		old_dirty |= s->dirty[i].id == s->cur_pack;
 	/* The old pack's fd is closed here unless a flush still needs it. */
@@ -766,6 +772,32 @@ static int append_batch(struct ds_store *s, struct ds_chunk *chunks, size_t n,
 	return r;
 }
 
+/* fsyncs packs/ when a pack was created since it last was (I3). 0, or
+ * -errno and the writer turns sticky. Caller holds commit_lock. */
+static int store_dir_sync(struct ds_store *s)
+{
+	bool dirty;
+	int r = 0;
+
+	pthread_mutex_lock(&s->write_lock);
+	dirty = s->dir_dirty;
+	s->dir_dirty = false;
+	pthread_mutex_unlock(&s->write_lock);
+	if (!dirty)
+		return 0;
+	store_crash_point(-1, NULL, 0, 0);
+	if (fsync(s->packs_fd) < 0) {
+		r = -errno;
+		log_error("store: fsync of the packs folder failed: %s; "
+			  "the store refuses writes until reopened", strerror(errno));
+		pthread_mutex_lock(&s->write_lock);
+		s->dir_dirty = true;
+		s->sticky = -EIO;
+		pthread_mutex_unlock(&s->write_lock);
+	}
+	return r;
+}
+
 int store_writer_commit(struct ds_store *s, uint64_t new_len)
 {
 	int r;
@@ -858,6 +890,10 @@ int store_flush_locked(struct ds_store *s)
 				  packs[i].id, strerror(errno));
 		}
 	}
+	/* The packs taken were created before the flag was cleared: their
+	 * folder entries are durable before any row names them (I3). */
+	if (r == 0 && npacks > 0)
+		r = store_dir_sync(s);
 	if (r == 0 && (npacks > 0 || rows.n > 0))
 		r = commit_rows(s, &rows, packs, npacks);
 

@@ -76,6 +76,7 @@ struct ds_store {
 	uint64_t pending_bytes;
 	uint64_t append_seq;          /* counts appended batches */
 	int sticky;        /* set after a failed fdatasync: memory and disk may differ */
+	bool dir_dirty;    /* a pack was created since packs/ was last fsynced */
 
 	/* Committing, under commit_lock (taken before write_lock). */
 	pthread_mutex_t commit_lock;
@@ -102,7 +103,10 @@ int store_pack_fd(struct ds_store *s, uint32_t pack);
 void store_pack_fd_drop(struct ds_store *s, uint32_t pack);
 
 /* Makes sure the writer has a pack with room; rotates to a new pack when the
- * current one has passed pack_size or when force is set. Caller holds write_lock. */
+ * current one has passed pack_size or when force is set. The new pack is
+ * not synced: whoever commits its first row fdatasyncs it and, while
+ * dir_dirty is set, fsyncs packs/ first. Caller holds
+ * write_lock. */
 int store_writer_pack(struct ds_store *s, bool force);
 
 /* Sets the current pack's committed length to new_len (creating its row
