@@ -47,7 +47,10 @@
  *
  * Reads take one of STORE_READERS connections (WAL readers never block the
  * writer), look rows up, then pread records through cached read-only fds
- * with no lock held. Every read re-hashes the decoded bytes (-EBADMSG on a
+ * with no lock held. A chunk added but not committed yet is found in the
+ * queued rows (pending, or taken by a running flush: `syncing`), under
+ * write_lock; one that left the queue meanwhile was committed first, so a
+ * second index lookup finds it. Every read re-hashes the decoded bytes (-EBADMSG on a
  * mismatch): the index and framing are trusted for nothing.
  */
 #include <dirent.h>
@@ -871,6 +874,7 @@ int store_flush_locked(struct ds_store *s)
 		memset(&s->pending, 0, sizeof(s->pending));
 		idset_free(&s->syncing_ids);
 		s->syncing_ids = s->pending_ids;
+		s->syncing = &rows;
 		memset(&s->pending_ids, 0, sizeof(s->pending_ids));
 		npacks = s->ndirty;
 		if (npacks)
@@ -921,6 +925,7 @@ int store_flush_locked(struct ds_store *s)
 		atomic_store(&s->durable_seq, seq);
 	}
 	idset_clear(&s->syncing_ids);
+	s->syncing = NULL;
 	pthread_mutex_unlock(&s->write_lock);
 	free(rows.v);
 	free(packs);
@@ -1032,6 +1037,32 @@ static void reader_put(struct store_reader *rd)
 	pthread_mutex_unlock(&rd->lock);
 }
 
+/* The row of a chunk added but not committed yet: queued, or taken by a
+ * running flush. Its bytes are in its pack already (appended before the
+ * row was queued), so it reads like any other. Newest rows first: readers
+ * of a snapshot being copied read what the copier stored last. */
+static int queued_lookup(struct ds_store *s, const ds_chunk_id *id, struct chunk_loc *loc)
+{
+	const struct pend_vec *vs[2];
+	int r = -ENOENT;
+
+	pthread_mutex_lock(&s->write_lock);
+	vs[0] = idset_has(&s->pending_ids, id) ? &s->pending : NULL;
+	vs[1] = idset_has(&s->syncing_ids, id) ? s->syncing : NULL;
+	for (int k = 0; k < 2 && r < 0; k++) {
+		for (size_t i = vs[k] ? vs[k]->n : 0; i-- > 0;) {
+			const struct pend *p = &vs[k]->v[i];
+			if (memcmp(p->id.b, id->b, DS_CHUNK_ID_SIZE) == 0) {
+				*loc = (struct chunk_loc){p->pack, p->off, p->len, p->raw_len};
+				r = 0;
+				break;
+			}
+		}
+	}
+	pthread_mutex_unlock(&s->write_lock);
+	return r;
+}
+
 int ds_store_get(struct ds_store *s, struct ds_chunk *chunks, size_t n)
 {
 	_cleanup_free_ struct chunk_loc *locs = NULL;
@@ -1057,6 +1088,19 @@ int ds_store_get(struct ds_store *s, struct ds_chunk *chunks, size_t n)
 					: index_lookup(rd->lookup, &chunks[i].id, &locs[i]);
 	}
 	reader_put(rd);
+	/* Outside the reader: appends take write_lock, then a reader. */
+	for (size_t i = 0; i < n; i++) {
+		if (chunks[i].err != -ENOENT)
+			continue;
+		chunks[i].err = queued_lookup(s, &chunks[i].id, &locs[i]);
+		/* Not queued any more: a flush committed it between the two
+		 * looks (its rows leave the queue only after the commit). */
+		if (chunks[i].err == -ENOENT) {
+			rd = reader_get(s);
+			chunks[i].err = index_lookup(rd->lookup, &chunks[i].id, &locs[i]);
+			reader_put(rd);
+		}
+	}
 	for (size_t i = 0; i < n; i++) {
 		struct ds_chunk *c = &chunks[i];
 		if (c->err == 0 && ds_chunk_id_is_zero(&c->id)) {

@@ -71,6 +71,7 @@ struct ds_store {
 	struct pend_vec pending;      /* appended rows no flush has taken yet */
 	struct idset pending_ids;     /* their ids */
 	struct idset syncing_ids;     /* ids of the rows a running flush took */
+	const struct pend_vec *syncing; /* those rows (the flush's own), or NULL */
 	struct dirty_pack *dirty;     /* packs with bytes past their committed length */
 	size_t ndirty, dirty_cap;
 	uint64_t pending_bytes;

@@ -92,15 +92,16 @@ struct ds_chunk {
 DS_EXPORT int ds_store_put(struct ds_store *s, struct ds_chunk *chunks, size_t n);
 
 /*
- * Like ds_store_put() but does not wait for durability: the chunks become
- * readable and durable at the next flush (ds_store_flush(), any
- * ds_store_put(), ds_store_close(), or automatically once 256 MiB are
- * waiting). ids and stored are filled in as by put. For copiers that keep
- * compressing while earlier batches reach the disk.
+ * Like ds_store_put() but does not wait for durability: the chunks are
+ * readable (ds_store_get) when it returns, and durable after the next flush
+ * (ds_store_flush(), any ds_store_put(), ds_store_close(), or automatically
+ * once 1 GiB is waiting); ds_store_has() sees them once flushed. ids and
+ * stored are filled in as by put. For copiers that keep compressing while
+ * earlier batches reach the disk.
  */
 DS_EXPORT int ds_store_add(struct ds_store *s, struct ds_chunk *chunks, size_t n);
 
-/* Makes every chunk added so far durable and readable. */
+/* Makes every chunk added so far durable. */
 DS_EXPORT int ds_store_flush(struct ds_store *s);
 
 /*

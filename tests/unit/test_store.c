@@ -748,6 +748,109 @@ static void test_has(void **state)
 	assert_int_equal(ds_store_has(f->s, ids, 0, present), 0);
 }
 
+/* Chunks added but not flushed read back at once (from the writer's
+ * queue), while ds_store_has() sees only flushed ones. */
+static void test_get_added_before_flush(void **state)
+{
+	struct fx *f = *state;
+	struct ds_chunk c[3], g;
+	uint8_t *data[3], *buf = malloc(16 * KiB);
+	bool present[3];
+	ds_chunk_id ids[3];
+
+	assert_non_null(buf);
+	store_new(f, 16 * KiB, 0);
+	memset(c, 0, sizeof(c));
+	for (int i = 0; i < 3; i++) {
+		data[i] = malloc(16 * KiB);
+		assert_non_null(data[i]);
+		fill_random(data[i], 16 * KiB, 300 + (unsigned)i);
+		c[i].data = data[i];
+		c[i].len = 16 * KiB;
+	}
+	assert_int_equal(ds_store_add(f->s, c, 3), 0);
+	for (int i = 0; i < 3; i++) {
+		ids[i] = c[i].id;
+		memset(&g, 0, sizeof(g));
+		g.id = ids[i];
+		g.data = buf;
+		assert_int_equal(ds_store_get(f->s, &g, 1), 0);
+		assert_int_equal(g.len, 16 * KiB);
+		assert_bytes_equal(buf, data[i], 16 * KiB);
+	}
+	assert_int_equal(ds_store_has(f->s, ids, 3, present), 0);
+	assert_false(present[0]);
+	assert_int_equal(ds_store_flush(f->s), 0);
+	assert_int_equal(ds_store_has(f->s, ids, 3, present), 0);
+	assert_true(present[0] && present[1] && present[2]);
+	for (int i = 0; i < 3; i++)
+		free(data[i]);
+	free(buf);
+}
+
+/* A reader racing adds and flushes always finds what was added: a row is
+ * queued, being flushed, or committed, and the get looks at all three. */
+#define RACE_CHUNKS 300
+struct race {
+	struct ds_store *s;
+	atomic_uint added;
+	ds_chunk_id ids[RACE_CHUNKS];
+	int err;
+};
+
+static void *race_writer(void *arg)
+{
+	struct race *rc = arg;
+	uint8_t *d = malloc(16 * KiB);
+
+	for (unsigned k = 0; d && k < RACE_CHUNKS && rc->err == 0; k++) {
+		struct ds_chunk c = {.data = d, .len = 16 * KiB};
+		fill_random(d, 16 * KiB, 5000 + k);
+		rc->err = ds_store_add(rc->s, &c, 1);
+		rc->ids[k] = c.id;
+		atomic_store(&rc->added, k + 1);
+		if (rc->err == 0 && k % 7 == 6)
+			rc->err = ds_store_flush(rc->s);
+	}
+	free(d);
+	return NULL;
+}
+
+static void test_get_races_flush(void **state)
+{
+	struct fx *f = *state;
+	struct race rc = {0};
+	uint8_t *buf = malloc(16 * KiB), *want = malloc(16 * KiB);
+	unsigned reads = 0, seed = 1;
+	pthread_t t;
+
+	assert_non_null(buf);
+	assert_non_null(want);
+	store_new(f, 16 * KiB, 0);
+	rc.s = f->s;
+	assert_int_equal(pthread_create(&t, NULL, race_writer, &rc), 0);
+	for (;;) {
+		unsigned n = atomic_load(&rc.added), k;
+		struct ds_chunk g = {.data = buf};
+		if (n == 0)
+			continue;
+		seed = seed * 1103515245u + 12345u;
+		k = n - 1 - (seed >> 16) % (n < 8 ? n : 8); /* mostly the newest */
+		g.id = rc.ids[k];
+		assert_int_equal(ds_store_get(f->s, &g, 1), 0);
+		fill_random(want, 16 * KiB, 5000 + k);
+		assert_bytes_equal(buf, want, 16 * KiB);
+		reads++;
+		if (n == RACE_CHUNKS)
+			break;
+	}
+	pthread_join(t, NULL);
+	assert_int_equal(rc.err, 0);
+	assert_true(reads > 0);
+	free(buf);
+	free(want);
+}
+
 static void test_get_unknown(void **state)
 {
 	struct fx *f = *state;
@@ -2017,6 +2120,8 @@ int main(void)
 		T(test_dedup),
 		T(test_ids_keyed_per_store),
 		T(test_has),
+		T(test_get_added_before_flush),
+		T(test_get_races_flush),
 		T(test_get_unknown),
 		T(test_put_invalid),
 		T(test_damaged_record),
