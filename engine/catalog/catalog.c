@@ -459,19 +459,31 @@ static void snap_read(sqlite3_stmt *st, struct ds_snapshot_info *s)
 }
 
 /* Tags are kept in their own table; loaded in request order. */
+/*
+ * The snapshot's tags, in the order they were given. Read in key order (the
+ * primary key's) and put in pos order here: with ORDER BY pos, SQLite ran a
+ * sorter for every snapshot of a list, and loading tags was 62% of a
+ * DescribeSnapshots over 1024 snapshots (perf, DWARF call graphs).
+ */
 static int tags_load(struct catalog *c, struct ds_snapshot_info *s)
 {
 	sqlite3_stmt *st;
-	int r = prep(c, "SELECT key, value FROM tags WHERE snapshot_id = ?1 ORDER BY pos", &st), rc;
+	int pos[DS_MAX_TAGS];
+	int r = prep(c, "SELECT key, value, pos FROM tags WHERE snapshot_id = ?1", &st), rc;
 
 	if (r < 0)
 		return r;
-	sqlite3_bind_text(st, 1, s->id, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 1, s->id, -1, SQLITE_STATIC);
 	s->ntags = 0;
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW && s->ntags < DS_MAX_TAGS) {
-		copy_text(s->tags[s->ntags].key, sizeof(s->tags[0].key), st, 0);
-		copy_text(s->tags[s->ntags].value, sizeof(s->tags[0].value), st, 1);
-		s->ntags++;
+		int p = sqlite3_column_int(st, 2), i = s->ntags++;
+		for (; i > 0 && pos[i - 1] > p; i--) {
+			s->tags[i] = s->tags[i - 1];
+			pos[i] = pos[i - 1];
+		}
+		pos[i] = p;
+		copy_text(s->tags[i].key, sizeof(s->tags[0].key), st, 0);
+		copy_text(s->tags[i].value, sizeof(s->tags[0].value), st, 1);
 	}
 	unprep(c, st);
 	return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : index_errno(rc);

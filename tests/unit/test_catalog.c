@@ -117,6 +117,14 @@ static void snap_make(struct ds_snapshot_info *s, const char *id, const char *di
 	s->stored_bytes = (1ull << 33) + seed;
 	if (seed % 3 == 0)
 		snprintf(s->error, sizeof(s->error), "read error at %llu", (unsigned long long)seed);
+	/* Keys given in descending order: tags come back in the order given,
+	 * not in key order. The last seeds give the most tags allowed. */
+	s->ntags = seed >= 4 ? DS_MAX_TAGS : (int)(seed % 4) * 3;
+	for (int i = 0; i < s->ntags; i++) {
+		snprintf(s->tags[i].key, sizeof(s->tags[i].key), "%c-key %llu", 'z' - i,
+			 (unsigned long long)seed);
+		snprintf(s->tags[i].value, sizeof(s->tags[i].value), "value %d", i);
+	}
 }
 
 static void assert_snap_equal(const struct ds_snapshot_info *a, const struct ds_snapshot_info *b)
@@ -138,6 +146,11 @@ static void assert_snap_equal(const struct ds_snapshot_info *a, const struct ds_
 	assert_int_equal(a->bytes_read, b->bytes_read);
 	assert_int_equal(a->stored_bytes, b->stored_bytes);
 	assert_string_equal(a->error, b->error);
+	assert_int_equal(a->ntags, b->ntags);
+	for (int i = 0; i < a->ntags; i++) {
+		assert_string_equal(a->tags[i].key, b->tags[i].key);
+		assert_string_equal(a->tags[i].value, b->tags[i].value);
+	}
 }
 
 /* ---- open ------------------------------------------------------------------------- */
