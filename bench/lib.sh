@@ -1,5 +1,5 @@
-# Shared by the benchmark scripts: what machine a figure comes from, and
-# the median of numbers on standard input.
+# Shared by the benchmark scripts: what machine a figure comes from, the
+# median of numbers on standard input, and the Release tree they run.
 
 # machine_info FOLDER SOURCE: date, host, CPU, the file system of FOLDER,
 # the git revision of SOURCE.
@@ -13,3 +13,12 @@ machine_info() {
 }
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+# bench_build SOURCE TARGET...: configures and builds a Release tree of
+# SOURCE (no tests) in SOURCE/build-bench, only TARGETs.
+bench_build() {
+	local src=$1
+	shift
+	cmake -S "$src" -B "$src/build-bench" -DCMAKE_BUILD_TYPE=Release -DDSNAP_TESTS=OFF >/dev/null
+	make -C "$src/build-bench" -j"$(nproc)" "$@" >/dev/null
+}

@@ -33,8 +33,7 @@ IMPACT_JOBS=${IMPACT_JOBS:-"randwrite randread randrw ext4"}
 [ "$(id -u)" = 0 ] || { echo "live_bench: needs root"; exit 77; }
 command -v fio >/dev/null || { echo "live_bench: needs fio"; exit 77; }
 if [ -z "$build" ]; then
-	cmake -S "$src" -B "$src/build-bench" -DCMAKE_BUILD_TYPE=Release -DDSNAP_TESTS=OFF >/dev/null
-	make -C "$src/build-bench" -j"$(nproc)" dsnap-cli dsnapd >/dev/null
+	bench_build "$src" dsnap-cli dsnapd
 	build=$src/build-bench
 fi
 DSNAP=$build/cli/dsnap

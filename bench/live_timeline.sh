@@ -38,8 +38,7 @@ randrw) rw="randrw --rwmixread=70" ;;
 *) echo "live_timeline: JOB is randwrite, randread or randrw" >&2; exit 2 ;;
 esac
 if [ -z "$build" ]; then
-	cmake -S "$src" -B "$src/build-bench" -DCMAKE_BUILD_TYPE=Release -DDSNAP_TESTS=OFF >/dev/null
-	make -C "$src/build-bench" -j"$(nproc)" dsnap-cli dsnapd >/dev/null
+	bench_build "$src" dsnap-cli dsnapd
 	build=$src/build-bench
 fi
 DSNAP=$build/cli/dsnap

@@ -21,8 +21,7 @@ SIZE=${SIZE:-4G}
 [ "$(id -u)" = 0 ] || { echo "snapshot_bench: needs root (loop mount)"; exit 77; }
 bin=${1:-}
 if [ -z "$bin" ]; then
-	cmake -S "$src" -B "$src/build-bench" -DCMAKE_BUILD_TYPE=Release -DDSNAP_TESTS=OFF >/dev/null
-	make -C "$src/build-bench" -j"$(nproc)" dsnap-cli store_bench >/dev/null
+	bench_build "$src" dsnap-cli store_bench
 	bin=$src/build-bench/cli/dsnap
 fi
 store_bench=$(dirname "$(dirname "$bin")")/bench/store_bench

@@ -458,12 +458,12 @@ static void snap_read(sqlite3_stmt *st, struct ds_snapshot_info *s)
 	copy_text(s->resource_group, sizeof(s->resource_group), st, 18);
 }
 
-/* Tags are kept in their own table; loaded in request order. */
 /*
- * The snapshot's tags, in the order they were given. Read in key order (the
- * primary key's) and put in pos order here: with ORDER BY pos, SQLite ran a
- * sorter for every snapshot of a list, and loading tags was 62% of a
- * DescribeSnapshots over 1024 snapshots (perf, DWARF call graphs).
+ * The snapshot's tags (their own table), in the order they were given.
+ * Read in key order (the primary key's) and put in pos order here: with
+ * ORDER BY pos, SQLite ran a sorter for every snapshot of a list, and
+ * loading tags was 62% of a DescribeSnapshots over 1024 snapshots (perf,
+ * DWARF call graphs).
  */
 static int tags_load(struct catalog *c, struct ds_snapshot_info *s)
 {

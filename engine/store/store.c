@@ -50,8 +50,8 @@
  * with no lock held. A chunk added but not committed yet is found in the
  * queued rows (pending, or taken by a running flush: `syncing`), under
  * write_lock; one that left the queue meanwhile was committed first, so a
- * second index lookup finds it. Every read re-hashes the decoded bytes (-EBADMSG on a
- * mismatch): the index and framing are trusted for nothing.
+ * second index lookup finds it. Every read re-hashes the decoded bytes
+ * (-EBADMSG on a mismatch): the index and framing are trusted for nothing.
  */
 #include <dirent.h>
 #include <fcntl.h>

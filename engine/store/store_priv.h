@@ -106,8 +106,7 @@ void store_pack_fd_drop(struct ds_store *s, uint32_t pack);
 /* Makes sure the writer has a pack with room; rotates to a new pack when the
  * current one has passed pack_size or when force is set. The new pack is
  * not synced: whoever commits its first row fdatasyncs it and, while
- * dir_dirty is set, fsyncs packs/ first. Caller holds
- * write_lock. */
+ * dir_dirty is set, fsyncs packs/ first. Caller holds write_lock. */
 int store_writer_pack(struct ds_store *s, bool force);
 
 /* Sets the current pack's committed length to new_len (creating its row
