@@ -10,12 +10,16 @@
 # run: the ratio of mean IOPS from t = 16 s to the copy's end to mean IOPS
 # from t = 3 to 15 s (same fio run), both means, the copy's duration, the
 # device's cache flushes during the copy (/sys/block/DEV/stat, DEV holding
-# the image), and the per-second IOPS in thousands. The copy is a full one
-# each time (a fresh store). The run ends after the merge.
+# the image), then, with fio still running, how long the merge of the
+# redirected blocks took after the copy and the ratio of mean IOPS during
+# it to before, the overlay's peak, and the per-second IOPS in thousands.
+# The copy is a full one each time (a fresh store).
 #
 # Settings (environment): RUNS (3), SIZE_MB (2048), JOB (randwrite |
 # randread | randrw: 70/30), CONF (extra dsnapd.conf lines, e.g.
-# "copy_busy_rate = 16"), TRANSPORT (on | off: fuse_uring). Root (loop
+# "copy_busy_rate = 16"), TRANSPORT (on | off: fuse_uring), NEXT (1: a
+# second snapshot is requested as soon as the copy has ended, and the
+# time its request took, waiting for the merge, is printed). Root (loop
 # devices, FUSE); exits 77 without root or fio. Everything it makes lives
 # under one folder in /var/tmp, removed on exit.
 set -euo pipefail
@@ -70,8 +74,8 @@ machine_info "$tmp" "$src"
 echo "fio:     $(fio --version), 4 KiB $JOB, QD32, O_DIRECT, io_uring; ${SIZE_MB} MiB image; transport $TRANSPORT"
 [ -n "$CONF" ] && echo "conf:    $CONF"
 dd if=/dev/urandom of="$img" bs=1M count="$SIZE_MB" status=none
-printf '%-4s %6s %9s %9s %7s %8s  %s\n' run ratio "IOPS bef" "IOPS dur" "copy s" flushes \
-	"IOPS per second (thousands)"
+printf '%-4s %6s %9s %9s %7s %8s %8s %7s %8s  %s\n' run ratio "IOPS bef" "IOPS dur" "copy s" \
+	flushes "merge s" "ratio m" "peak MiB" "IOPS per second (thousands)"
 for r in $(seq "$RUNS"); do
 	run=$tmp/run$r
 	mkdir -p "$run"
@@ -103,23 +107,39 @@ for r in $(seq "$RUNS"); do
 		json 'd["Snapshots"]["Snapshot"][0]["Status"]')" = progressing ]; do sleep 0.2; done
 	t1=$(date +%s.%N)
 	f1=$(flushes)
+	if [ "${NEXT:-0}" = 1 ]; then
+		ds --quiet create-snapshot --disk-id "$disk" >/dev/null 2>"$run/next.err" &&
+			echo "run $r: the next snapshot's request took $(awk -v a="$t1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s" ||
+			echo "run $r: the next snapshot was refused: $(cat "$run/next.err")"
+	fi
+	# The merge runs on after the copy, under the same load; dsnapd logs
+	# the overlay's peak when it has ended.
+	for _ in $(seq 6000); do
+		grep -q 'merged back' "$run/log" && break
+		sleep 0.1
+	done
+	t2=$(date +%s.%N)
 	kill -INT "$fpid"
 	wait "$fpid" || true
 	fpid=
 	copy=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", b - a }')
+	merge=$(awk -v a="$t1" -v b="$t2" 'BEGIN { printf "%.0f", b - a }')
+	peak=$(sed -n 's/.*overlay peak \([0-9]*\) KiB.*/\1/p' "$run/log" | tail -n 1)
 	# fio's log: msec, IOPS, direction, ...; read and write of one second add up.
-	cat "$run"/iops*.log | awk -F, -v end=$((15 + copy)) -v run="$r" -v copy="$copy" \
-		-v fl=$((f1 - f0)) '
+	cat "$run"/iops*.log | awk -F, -v end=$((15 + copy)) -v mend=$((15 + copy + merge)) \
+		-v run="$r" -v copy="$copy" -v merge="$merge" -v fl=$((f1 - f0)) -v peak="${peak:-0}" '
 		{ t = int($1 / 1000); s[t] += $2; if (t > last) last = t }
 		END {
 			for (t = 3; t < 15; t++) if (t in s) { b += s[t]; nb++ }
 			for (t = 16; t < end; t++) if (t in s) { d += s[t]; nd++ }
+			for (t = end + 1; t < mend; t++) if (t in s) { m += s[t]; nm++ }
 			line = ""
-			for (t = 1; t <= last; t++) line = line sprintf("%d ", s[t] / 1000)
+			for (t = 1; t <= last; t++) line = line sprintf("%d%s", s[t] / 1000, t == 15 || t == end ? " | " : " ")
 			if (nb == 0 || nd == 0) { printf "%-4s no IOPS logged\n", run; exit }
-			printf "%-4s %6.2f %9d %9d %7d %8d  %s\n", run, (d / nd) / (b / nb), b / nb, d / nd, copy, fl, line
+			printf "%-4s %6.2f %9d %9d %7d %8d %8d %7s %8d  %s\n", run, (d / nd) / (b / nb), b / nb,
+				d / nd, copy, fl, merge, nm ? sprintf("%.2f", (m / nm) / (b / nb)) : "-",
+				peak / 1024, line
 		}'
-	# The merge runs on after the copy; stopping dsnapd waits for it.
 	ds call DetachDisk DiskId="$disk" >/dev/null 2>&1 || true
 	kill "$pid" && wait "$pid" 2>/dev/null || true
 	pid='' disk=''

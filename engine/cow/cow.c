@@ -67,13 +67,21 @@
  *
  * Merging, after the copy, at idle I/O priority: dirty blocks are merged
  * (dirty cleared, then the slot read, then the base written: a write that
- * completes after the clear marks the block dirty again) in passes until
- * few remain; then, once, under the gate: the rest are merged, the base is
- * fdatasynced, the map is emptied (durably), and every block stops being
- * redirected; the slots are free for the next snapshot. The gate's pause
- * (an fdatasync under load) is what the disk's users feel, so it is paid
- * once. The log keeps its size: its written slots are what makes the next
- * snapshot's writes cheap.
+ * completes after the clear marks the block dirty again) in passes, in
+ * slot order, many writes in flight (see the merger). Every 128 MiB of
+ * slots the base is fdatasynced and, under the gate, the blocks merged
+ * and not dirty stop being redirected (their map entries cleared first):
+ * the users' later writes to them go to the base, so a pass leaves only
+ * what was rewritten while it ran, and the passes converge however fast
+ * the users write. The merge keeps 16 I/Os in flight while the users keep
+ * the disk busy, 64 otherwise or while a snapshot waits (merger_pace). Then, once, under the gate: the rest are merged, the
+ * base is fdatasynced, the map is emptied (durably), and every block
+ * stops being redirected; the slots are free for the next snapshot. A
+ * flush copies map pages into the durable map only after syncing the base
+ * (sync_all in fuse.c), and a cleared entry's data was synced before it
+ * was cleared, so the durable map never loses an entry whose data the
+ * base does not hold durably. The log keeps its size: its written slots
+ * are what makes the next snapshot's writes cheap.
  *
  * The map, and crashes. A block's newest data is in the overlay exactly
  * when the map names a slot for it. The map is kept twice, slot -> block + 1
@@ -116,6 +124,8 @@
 #include <linux/falloc.h>
 #include <linux/fs.h>
 
+#include <liburing.h>
+
 #include "cow/cow.h"
 #include "util/util.h"
 
@@ -123,7 +133,7 @@
 #define MERGE_IO (1u << 20)
 #define MERGE_PASSES 8
 #define MERGE_LEFT 256 /* dirty blocks left to merge under the gate */
-#define START_WAIT_S 30 /* cow_start waits this long for an earlier merge */
+#define START_WAIT_S 120 /* cow_start waits this long for an earlier merge */
 #define MAP_HEADER 4096u
 #define MAP_PAGE_SLOTS (4096u / 8)
 #define MAP_STEP (1u << 20) /* the maps' files are allocated this much at a time */
@@ -147,6 +157,7 @@ struct cow {
 	bits_t *redir, *dirty, *copied, *changed;
 	atomic_bool active, busy, failed;
 	atomic_bool merging; /* the merger thread runs */
+	atomic_bool hurry;   /* a snapshot waits for the merge */
 	atomic_int gate;
 	atomic_long inflight;
 	atomic_uint_fast64_t requests; /* entered, ever: the foreground's pace */
@@ -270,14 +281,21 @@ static ssize_t io_at(struct cow *c, enum cow_where where, bool write, void *buf,
 
 /* ---- the log and its map ---------------------------------------------------------- */
 
-/* The slot of block b, plus one; 0: none. */
-static uint32_t slot_get(struct cow *c, uint64_t b)
+/* Block b's entry in the slot table (its piece allocated), or NULL. */
+static _Atomic uint32_t *slot_entry(struct cow *c, uint64_t b)
 {
 	_Atomic uint32_t *d = atomic_load_explicit(&c->slot_dir[b >> SLOT_DIR_SHIFT],
 						   memory_order_acquire);
 
-	return d ? atomic_load_explicit(&d[b & ((1u << SLOT_DIR_SHIFT) - 1)], memory_order_acquire)
-		 : 0;
+	return d ? &d[b & ((1u << SLOT_DIR_SHIFT) - 1)] : NULL;
+}
+
+/* The slot of block b, plus one; 0: none. */
+static uint32_t slot_get(struct cow *c, uint64_t b)
+{
+	_Atomic uint32_t *e = slot_entry(c, b);
+
+	return e ? atomic_load_explicit(e, memory_order_acquire) : 0;
 }
 
 static size_t slot_dir_len(const struct cow *c)
@@ -306,12 +324,9 @@ static bool slot_table_reserve(struct cow *c, uint64_t b, uint64_t e)
  * it has one. */
 static bool slot_claim(struct cow *c, uint64_t b, uint64_t s)
 {
-	_Atomic uint32_t *d = atomic_load_explicit(&c->slot_dir[b >> SLOT_DIR_SHIFT],
-						   memory_order_acquire);
 	uint32_t none = 0;
 
-	return atomic_compare_exchange_strong(&d[b & ((1u << SLOT_DIR_SHIFT) - 1)], &none,
-					      (uint32_t)(s + 1));
+	return atomic_compare_exchange_strong(slot_entry(c, b), &none, (uint32_t)(s + 1));
 }
 
 /* Under the gate, once the map is empty: no block has a slot. */
@@ -765,44 +780,336 @@ out:
 
 /* ---- merging ----------------------------------------------------------------------- */
 
-/* Merges the dirty blocks of [b0, b1) into the base; returns how many, or
- * -errno (the blocks that failed stay dirty). */
-static int64_t merge_dirty(struct cow *c, uint8_t *buf, uint64_t b0, uint64_t b1)
-{
-	int64_t merged = 0;
+/*
+ * The merger reads the log in slot order, a window of slots at a time, and
+ * writes each block to the base, MERGE_DEPTH writes in flight through an
+ * io_uring. After random writes every block has a slot of its own and the
+ * base's writes are 4 KiB each, scattered: one at a time, read and written
+ * synchronously, a gigabyte took minutes. In slot order the log's reads are
+ * few and sequential (a window of slots written by one burst is one read),
+ * and the device sorts the writes. Blocks whose slots follow each other go
+ * in one write.
+ */
+#define MERGE_WINDOW 1024u /* slots per window: 4 MiB of buffer */
+#define MERGE_RELEASE (32u * MERGE_WINDOW) /* slots per sync and unredirect */
+#define MERGE_DEPTH 64u     /* I/Os in flight: the disk idle, or a snapshot waiting */
+#define MERGE_DEPTH_BUSY 16u /* while the disk's users keep it busy */
+#define MERGE_BUSY_RATE 1000 /* requests per second that make the disk busy */
+#define MERGE_PACE_NS 200000000ull
+#define MERGE_GAP 8u       /* wanted slots this close are read in one piece */
 
-	for (uint64_t b = b0; b < b1;) {
-		uint64_t e, s;
-		ssize_t r;
-		if (!bit_get(c->dirty, b)) {
-			b++;
-			continue;
-		}
-		s = slot_get(c, b);
-		if (s-- == 0) { /* cannot happen: dirty blocks have slots */
-			bits_change(c->dirty, b, b + 1, false);
-			b++;
-			continue;
-		}
-		for (e = b + 1; e < b1 && e - b < MERGE_IO / BLK && bit_get(c->dirty, e) &&
-				slot_get(c, e) == s + (e - b) + 1;
-		     e++)
-			;
-		bits_change(c->dirty, b, e, false);
-		r = io_at(c, COW_OVERLAY, false, buf, block_end(c, e - 1) - b * BLK, s * BLK);
-		if (r >= 0)
-			r = io_at(c, COW_BASE, true, buf, (size_t)r, b * BLK);
-		if (r < 0) {
-			bits_change(c->dirty, b, e, true);
-			log_error("cow: merging blocks at %llu failed: %s", (unsigned long long)(b * BLK),
-				  strerror((int)-r));
-			return r;
-		}
-		atomic_fetch_add(&c->merged, (uint64_t)r);
-		merged += (int64_t)(e - b);
-		b = e;
+struct merge_op {
+	uint8_t *p;
+	uint64_t off;
+	uint32_t len, first, count; /* the window's entries [first, first + count) */
+	int fd_direct, fd_buf, res;
+	bool write;
+};
+
+struct merger {
+	struct cow *c;
+	struct io_uring ring;
+	bool ring_ok;
+	uint16_t prio; /* sqe->ioprio: 0, the thread's */
+	uint32_t depth; /* I/Os in flight at most */
+	uint64_t pace_ns, pace_requests; /* the users' requests, last looked at */
+	uint8_t *buf;  /* MERGE_WINDOW slots */
+	uint32_t n;    /* entries of this window: slot (from the window's first) and block */
+	uint32_t slot[MERGE_WINDOW];
+	uint64_t block[MERGE_WINDOW];
+	int bad[MERGE_WINDOW]; /* 0, or why the entry failed */
+	struct merge_op ops[MERGE_WINDOW];
+};
+
+static struct merger *merger_new(struct cow *c, uint16_t prio)
+{
+	struct merger *m = calloc(1, sizeof(*m));
+
+	if (!m)
+		return NULL;
+	if (posix_memalign((void **)&m->buf, 4096, (size_t)MERGE_WINDOW * BLK)) {
+		free(m);
+		return NULL;
 	}
-	return merged;
+	m->c = c;
+	m->prio = prio;
+	m->depth = MERGE_DEPTH;
+	/* Without a ring (a kernel that refuses it) the same ops run one at a time. */
+	m->ring_ok = io_uring_queue_init(MERGE_DEPTH, &m->ring, 0) == 0;
+	return m;
+}
+
+static void merger_free(struct merger *m)
+{
+	if (!m)
+		return;
+	if (m->ring_ok)
+		io_uring_queue_exit(&m->ring);
+	free(m->buf);
+	free(m);
+}
+
+/* The rest of an op the ring did not do (all of it, without a ring). */
+static void op_finish(struct merge_op *op, int res)
+{
+	ssize_t r;
+
+	if (res < 0) {
+		op->res = res;
+		return;
+	}
+	r = io_full(res == 0 ? op->fd_direct : -1, op->fd_buf, op->write, op->p + res,
+		    op->len - (uint32_t)res, op->off + (uint64_t)res);
+	op->res = r < 0 ? (int)r : r + res < (ssize_t)op->len ? -EIO : 0;
+}
+
+/* Runs ops [0, nops): MERGE_DEPTH in flight; each ends with res 0 or -errno. */
+static void merger_run(struct merger *m, uint32_t nops)
+{
+	uint32_t next = 0, inflight = 0;
+
+	while (next < nops || inflight > 0) {
+		struct io_uring_cqe *cqe;
+		unsigned head, seen = 0;
+		int r;
+		for (; next < nops && !m->ring_ok; next++)
+			op_finish(&m->ops[next], 0);
+		while (next < nops && inflight < m->depth) {
+			struct merge_op *op = &m->ops[next];
+			struct io_uring_sqe *sqe = io_uring_get_sqe(&m->ring);
+			int fd = op->fd_direct >= 0 && ((op->off | op->len) % 512) == 0
+					 ? op->fd_direct
+					 : op->fd_buf;
+			if (!sqe)
+				break;
+			if (op->write)
+				io_uring_prep_write(sqe, fd, op->p, op->len, op->off);
+			else
+				io_uring_prep_read(sqe, fd, op->p, op->len, op->off);
+			sqe->ioprio = m->prio;
+			io_uring_sqe_set_data64(sqe, next);
+			next++;
+			inflight++;
+		}
+		if (inflight == 0)
+			continue;
+		r = io_uring_submit_and_wait(&m->ring, 1);
+		if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
+			/* The ring is broken: what it took completes, the rest
+			 * (never seen by the kernel) runs without it. */
+			uint32_t queued = io_uring_sq_ready(&m->ring);
+			log_warn("cow: merging without io_uring: %s", strerror(-r));
+			for (uint32_t k = inflight - queued; k > 0; k--) {
+				if (io_uring_wait_cqe(&m->ring, &cqe) < 0)
+					break;
+				op_finish(&m->ops[io_uring_cqe_get_data64(cqe)], cqe->res);
+				io_uring_cqe_seen(&m->ring, cqe);
+			}
+			m->ring_ok = false;
+			next -= queued;
+			inflight = 0;
+			continue;
+		}
+		io_uring_for_each_cqe(&m->ring, head, cqe) {
+			struct merge_op *op = &m->ops[io_uring_cqe_get_data64(cqe)];
+			if (cqe->res == (int)op->len)
+				op->res = 0;
+			else
+				op_finish(op, cqe->res == 0 ? -EIO : cqe->res);
+			seen++;
+		}
+		io_uring_cq_advance(&m->ring, seen);
+		inflight -= seen;
+	}
+}
+
+/* Adds an op on entries [first, first + count) of the window. */
+static void op_add(struct merger *m, uint32_t *nops, bool write, uint8_t *p, uint64_t off,
+		   uint64_t len, uint32_t first, uint32_t count)
+{
+	struct cow *c = m->c;
+
+	m->ops[(*nops)++] = (struct merge_op){
+		.p = p,
+		.off = off,
+		.len = (uint32_t)len,
+		.first = first,
+		.count = count,
+		.fd_direct = write ? c->base_direct : c->ov_direct,
+		.fd_buf = write ? c->base_buf : c->ov_buf,
+		.res = -EIO,
+		.write = write,
+	};
+}
+
+/* Merges the window's entries (slots from s0 + m->slot[i] to blocks
+ * m->block[i], in slot order) into the base: returns the blocks merged, or
+ * the first error (every entry is tried; those that failed are in m->bad). */
+static int64_t merge_window(struct merger *m, uint64_t s0)
+{
+	struct cow *c = m->c;
+	uint32_t nops = 0, n = m->n;
+	int64_t merged = 0;
+	int err = 0;
+
+	memset(m->bad, 0, n * sizeof(m->bad[0]));
+	for (uint32_t i = 0, j; i < n; i = j) {
+		for (j = i + 1; j < n && m->slot[j] - m->slot[j - 1] <= MERGE_GAP; j++)
+			;
+		op_add(m, &nops, false, m->buf + (size_t)m->slot[i] * BLK, (s0 + m->slot[i]) * BLK,
+		       (uint64_t)(m->slot[j - 1] - m->slot[i] + 1) * BLK, i, j - i);
+	}
+	merger_run(m, nops);
+	for (uint32_t k = 0; k < nops; k++)
+		for (uint32_t i = 0; m->ops[k].res < 0 && i < m->ops[k].count; i++)
+			m->bad[m->ops[k].first + i] = m->ops[k].res;
+	nops = 0;
+	for (uint32_t i = 0, j; i < n; i = j) {
+		for (j = i + 1; j < n && !m->bad[i] && !m->bad[j] && m->block[j] == m->block[j - 1] + 1 &&
+				m->slot[j] == m->slot[j - 1] + 1;
+		     j++)
+			;
+		if (!m->bad[i])
+			op_add(m, &nops, true, m->buf + (size_t)m->slot[i] * BLK, m->block[i] * BLK,
+			       block_end(c, m->block[j - 1]) - m->block[i] * BLK, i, j - i);
+	}
+	merger_run(m, nops);
+	for (uint32_t k = 0; k < nops; k++) {
+		struct merge_op *op = &m->ops[k];
+		if (op->res < 0) {
+			for (uint32_t i = 0; i < op->count; i++)
+				m->bad[op->first + i] = op->res;
+			continue;
+		}
+		atomic_fetch_add(&c->merged, op->len);
+		merged += op->count;
+	}
+	for (uint32_t i = 0; i < n && !err; i++)
+		err = m->bad[i];
+	if (err)
+		log_error("cow: merging blocks into the disk failed: %s", strerror(-err));
+	return err ? err : merged;
+}
+
+/*
+ * How hard the merge presses. It costs the users what its I/O takes from
+ * them: after a 2 GiB copy under random writes (1.2 GiB redirected),
+ * 64 in flight merged in 32-37 s with the users at 0.64-0.68 of their
+ * IOPS, 16 in flight in about 210-230 s at 0.96 (bench/RESULTS.md). So
+ * it is gentle while the users are busy, and presses when they are not,
+ * or when a snapshot of the disk waits for the merge (cow_start).
+ */
+static void merger_pace(struct merger *m)
+{
+	struct cow *c = m->c;
+	struct timespec t;
+	uint64_t now, reqs = atomic_load(&c->requests);
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	now = (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+	if (m->pace_ns && now - m->pace_ns < MERGE_PACE_NS && !atomic_load(&c->hurry))
+		return;
+	m->depth = atomic_load(&c->hurry) ||
+			   (m->pace_ns && (reqs - m->pace_requests) * 1000000000ull <
+						  (uint64_t)MERGE_BUSY_RATE * (now - m->pace_ns))
+		   ? MERGE_DEPTH
+		   : MERGE_DEPTH_BUSY;
+	m->pace_ns = now;
+	m->pace_requests = reqs;
+}
+
+/* Slots that may have a map entry: handed out, and with map space. */
+static uint64_t slots_mapped(struct cow *c)
+{
+	uint64_t ready = atomic_load(&c->map_ready);
+
+	return MIN(MIN(atomic_load(&c->next_slot), c->nslots),
+		   ready > MAP_HEADER ? (ready - MAP_HEADER) / 8 : 0);
+}
+
+/*
+ * Blocks of slots [lo, hi) that are merged and were not written since
+ * (not dirty), their merge durable in the base, stop being redirected:
+ * under the gate, so that no write to them is in flight; the map's entry
+ * goes first (a crash merges no stale slot over the base's newer data).
+ * Later writes to them go to the base, so the merge is not a chase of
+ * users who rewrite redirected blocks as fast as they are merged. Returns
+ * how many.
+ */
+static uint64_t unredirect(struct cow *c, uint64_t lo, uint64_t hi)
+{
+	uint64_t n = 0;
+
+	for (uint64_t s = lo; s < hi; s++) {
+		uint64_t v = atomic_load_explicit(&c->map[MAP_HEADER / 8 + s], memory_order_relaxed);
+		uint64_t b = v - 1;
+		if (!v || b >= c->nblocks || slot_get(c, b) != s + 1 || bit_get(c->dirty, b))
+			continue;
+		map_set(c, s, 0);
+		atomic_store(slot_entry(c, b), 0);
+		bits_change(c->redir, b, b + 1, false);
+		n++;
+	}
+	atomic_fetch_sub(&c->ov_blocks, n);
+	return n;
+}
+
+/* Merges the dirty blocks into the base, once each; returns how many, or
+ * -errno (the blocks that failed stay dirty). A block's dirty bit is
+ * cleared before its slot is read: a write that completes after that
+ * marks it dirty again, for the next pass. With release, every
+ * MERGE_RELEASE slots the base is synced and the merged blocks stop being
+ * redirected (unredirect). */
+static int64_t merge_dirty(struct merger *m, bool release)
+{
+	struct cow *c = m->c;
+	uint64_t used = slots_mapped(c), lo = 0;
+	int64_t merged = 0, r;
+	int err = 0;
+
+	for (uint64_t s0 = 0; s0 < used; s0 += MERGE_WINDOW) {
+		uint32_t w = (uint32_t)MIN((uint64_t)MERGE_WINDOW, used - s0);
+		m->n = 0;
+		for (uint32_t i = 0; i < w; i++) {
+			uint64_t v = atomic_load_explicit(&c->map[MAP_HEADER / 8 + s0 + i],
+							  memory_order_relaxed);
+			uint64_t b = v - 1;
+			/* A slot whose block lost its race, or was not claimed
+			 * yet, is not the block's: its entry is 0 or another's. */
+			if (!v || b >= c->nblocks || slot_get(c, b) != s0 + i + 1 ||
+			    !bits_change(c->dirty, b, b + 1, false))
+				continue;
+			m->slot[m->n] = i;
+			m->block[m->n++] = b;
+		}
+		if (release)
+			merger_pace(m);
+		r = m->n ? merge_window(m, s0) : 0;
+		if (r < 0) {
+			for (uint32_t i = 0; i < m->n; i++)
+				if (m->bad[i])
+					bits_change(c->dirty, m->block[i], m->block[i] + 1, true);
+			err = err ? err : (int)r;
+			release = false; /* the base may not hold them */
+			continue;
+		}
+		merged += r;
+		if (release && (s0 + w - lo >= MERGE_RELEASE || s0 + w == used)) {
+			/* Durable first: a flush's copy of the map may take the
+			 * cleared entries as soon as the gate opens. */
+			if (fdatasync(c->base_buf) < 0) {
+				log_error("cow: cannot sync the disk during the merge: %s",
+					  strerror(errno));
+				release = false;
+				continue;
+			}
+			gate_close(c);
+			unredirect(c, lo, s0 + w);
+			gate_open(c);
+			lo = s0 + w;
+		}
+	}
+	return err ? err : merged;
 }
 
 /* Empties both maps, the durable one first: if that fails, nothing
@@ -843,13 +1150,13 @@ static int map_clear(struct cow *c)
 
 /* Under the gate: merges what is left, makes the base durable, empties
  * the map; every block goes to the base again and the slots are free. */
-static int settle(struct cow *c, uint8_t *buf)
+static int settle(struct cow *c, struct merger *m)
 {
-	int64_t m = merge_dirty(c, buf, 0, c->nblocks);
+	int64_t merged = merge_dirty(m, false);
 	int r;
 
-	if (m < 0)
-		return (int)m;
+	if (merged < 0)
+		return (int)merged;
 	if (fdatasync(c->base_buf) < 0)
 		return -errno;
 	/* The base holds every block durably: a crash from here on merges
@@ -937,10 +1244,10 @@ static void prewriter_stop(struct cow *c)
 static void *merger_thread(void *arg)
 {
 	struct cow *c = arg;
-	uint8_t *buf = NULL;
+	struct merger *m = merger_new(c, DS_IOPRIO_IDLE);
 	bool left = false;
 
-	if (posix_memalign((void **)&buf, 4096, MERGE_IO)) {
+	if (!m) {
 		log_error("cow: no memory to merge; blocks stay redirected until restart");
 		atomic_store(&c->merging, false);
 		wake_waiters(c);
@@ -952,11 +1259,13 @@ static void *merger_thread(void *arg)
 		timed_wait(c, 50);
 	pthread_mutex_unlock(&c->mu);
 	for (int pass = 0; pass < 4 * MERGE_PASSES; pass++)
-		if (merge_dirty(c, buf, 0, c->nblocks) < MERGE_LEFT)
+		if (merge_dirty(m, true) < MERGE_LEFT)
 			break;
 	gate_close(c);
 	set_ioprio(DS_IOPRIO_BE);
-	left = settle(c, buf) < 0;
+	m->prio = DS_IOPRIO_BE; /* the users wait */
+	m->depth = MERGE_DEPTH;
+	left = settle(c, m) < 0;
 	if (left)
 		log_error("cow: blocks stay redirected in the overlay; they are merged at the next "
 			  "start");
@@ -964,7 +1273,7 @@ static void *merger_thread(void *arg)
 		atomic_store(&c->busy, false);
 	atomic_store(&c->merged_gen, atomic_load(&c->started_gen));
 	gate_open(c);
-	free(buf);
+	merger_free(m);
 	atomic_store(&c->merging, false);
 	wake_waiters(c);
 	return NULL;
@@ -978,13 +1287,15 @@ int cow_start(struct cow *c, uint64_t *changed_out, char since_out[COW_SINCE_MAX
 	struct timespec t0, t;
 
 	pthread_mutex_lock(&c->start_mu);
-	/* The last snapshot's merge ends first (seconds, usually). */
+	/* The last snapshot's merge ends first; it presses while we wait. */
 	clock_gettime(CLOCK_MONOTONIC, &t0);
+	atomic_store(&c->hurry, true);
 	pthread_mutex_lock(&c->mu);
 	while (atomic_load(&c->merging) && clock_gettime(CLOCK_MONOTONIC, &t) == 0 &&
 	       t.tv_sec - t0.tv_sec < START_WAIT_S)
 		timed_wait(c, 20);
 	pthread_mutex_unlock(&c->mu);
+	atomic_store(&c->hurry, false);
 	if (atomic_load(&c->busy)) {
 		pthread_mutex_unlock(&c->start_mu);
 		return -EBUSY;
@@ -1157,41 +1468,39 @@ static int64_t map_header_read(int fd, const char *want_boot)
 	return (int64_t)MIN(h.nslots, (uint64_t)INT64_MAX);
 }
 
-/* Merges the entries of the map in fd (nslots of them) into the base:
- * runs of slots whose blocks follow each other go in one piece. */
-static int merge_map(struct cow *c, int fd, uint64_t nslots, uint8_t *buf, uint64_t *total)
+/* Merges the entries of the map in fd (nslots of them) into the base. */
+static int merge_map(struct merger *m, int fd, uint64_t nslots, uint64_t *total)
 {
-	enum { BATCH = MERGE_IO / BLK };
-	uint64_t ent[BATCH];
+	struct cow *c = m->c;
+	uint64_t ent[MERGE_WINDOW];
+	bool warned = false;
 
-	for (uint64_t s0 = 0; s0 < nslots; s0 += BATCH) {
-		size_t n = (size_t)MIN((uint64_t)BATCH, nslots - s0);
+	for (uint64_t s0 = 0; s0 < nslots; s0 += MERGE_WINDOW) {
+		size_t n = (size_t)MIN((uint64_t)MERGE_WINDOW, nslots - s0);
 		ssize_t k = pread(fd, ent, n * 8, (off_t)(MAP_HEADER + s0 * 8));
+		uint64_t before = atomic_load(&c->merged);
+		int64_t r;
 		if (k < 0)
 			return -errno;
 		memset((uint8_t *)ent + k, 0, n * 8 - (size_t)k); /* past the end: free */
-		for (size_t i = 0, j; i < n; i = j) {
-			uint64_t b = ent[i] - 1, len;
-			ssize_t r;
-			for (j = i + 1; j < n && ent[i] && ent[j] == ent[j - 1] + 1; j++)
-				;
+		m->n = 0;
+		for (size_t i = 0; i < n; i++) {
 			if (!ent[i])
 				continue;
-			if (b >= c->nblocks || j - i > c->nblocks - b) {
-				log_warn("cow: the overlay's map names blocks past the disk's end; "
-					 "ignored");
+			if (ent[i] - 1 >= c->nblocks) {
+				if (!warned)
+					log_warn("cow: the overlay's map names blocks past the disk's "
+						 "end; ignored");
+				warned = true;
 				continue;
 			}
-			len = block_end(c, b + (j - i) - 1) - b * BLK;
-			r = io_full(-1, c->ov_buf, false, buf, (size_t)len, (s0 + i) * BLK);
-			if (r >= 0 && (uint64_t)r < len)
-				r = -EIO; /* cannot be: a slot is mapped once written */
-			if (r >= 0)
-				r = io_full(-1, c->base_buf, true, buf, (size_t)len, b * BLK);
-			if (r < 0)
-				return (int)r;
-			*total += len;
+			m->slot[m->n] = (uint32_t)i;
+			m->block[m->n++] = ent[i] - 1;
 		}
+		r = m->n ? merge_window(m, s0) : 0;
+		if (r < 0)
+			return (int)r;
+		*total += atomic_load(&c->merged) - before;
 	}
 	return 0;
 }
@@ -1252,22 +1561,22 @@ static int maps_reset(struct cow *c, const char *boot)
 static int recover(struct cow *c, uint64_t *recovered)
 {
 	char boot[BOOT_ID_MAX];
-	uint8_t *buf = NULL;
+	struct merger *m = merger_new(c, 0);
 	uint64_t total = 0;
 	bool legacy = false;
 	int64_t n;
 	int r = 0;
 
 	boot_id(boot);
-	if (posix_memalign((void **)&buf, 4096, MERGE_IO))
+	if (!m)
 		return -ENOMEM;
 	if ((n = map_header_read(c->map_fd, boot)) >= 0)
-		r = merge_map(c, c->map_fd, (uint64_t)n, buf, &total);
+		r = merge_map(m, c->map_fd, (uint64_t)n, &total);
 	else if ((n = map_header_read(c->dmap_fd, NULL)) >= 0)
-		r = merge_map(c, c->dmap_fd, (uint64_t)n, buf, &total);
+		r = merge_map(m, c->dmap_fd, (uint64_t)n, &total);
 	else if ((legacy = legacy_overlay(c)))
-		r = merge_sparse(c, buf, &total);
-	free(buf);
+		r = merge_sparse(c, m->buf, &total);
+	merger_free(m);
 	if (r == 0 && total > 0 && fdatasync(c->base_buf) < 0)
 		r = -errno;
 	if (r == 0 && legacy && ftruncate(c->ov_buf, 0) < 0) /* from now on a log */

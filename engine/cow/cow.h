@@ -107,7 +107,7 @@ int cow_sync_overlay(struct cow *c);
 /*
  * Fixes a point in time: from its return until cow_copy_end, the base
  * keeps every block of a chunk the copier has not read. It waits for the
- * merge of an earlier snapshot, and gives up with -EBUSY after 30 s.
+ * merge of an earlier snapshot, and gives up with -EBUSY after 120 s.
  * changed_out (nchunks bits, may be NULL) receives the chunks written
  * since the last cow_start whose snapshot accomplished, since_out the id
  * that snapshot was given (cow_copy_end), both taken together; the live

@@ -709,6 +709,55 @@ static void test_recover_after_power_cut(void **state)
 	assert_disk_reads_want(f);
 }
 
+/* The blocks of [0, nblocks) in a random order. */
+static uint64_t *shuffled_blocks(uint64_t nblocks, uint64_t seed)
+{
+	uint64_t *o = malloc(nblocks * sizeof(*o));
+
+	assert_non_null(o);
+	for (uint64_t i = 0; i < nblocks; i++)
+		o[i] = i;
+	for (uint64_t i = nblocks - 1; i > 0; i--) {
+		uint64_t j = splitmix64(&seed) % (i + 1), t = o[i];
+		o[i] = o[j];
+		o[j] = t;
+	}
+	return o;
+}
+
+/* A crash after random 4 KiB writes: every block in a slot of its own,
+ * slots in no order of blocks, more than one merge window of them. */
+static void test_recover_scattered(void **state)
+{
+	struct fx *f = *state;
+	const uint32_t cs = 64 * KiB;
+	const uint64_t n = 3000;
+	uint64_t rec = 0, *o, (*w)[2];
+
+	make_base(f, 16 * MiB);
+	o = shuffled_blocks(f->size / BLK, 7);
+	w = calloc(n, sizeof(*w));
+	assert_non_null(w);
+	for (uint64_t i = 0; i < n; i++) {
+		w[i][0] = o[i] * BLK;
+		w[i][1] = BLK;
+	}
+	run_crash_child(f, (const uint64_t(*)[2])w, n, n, cs);
+	for (uint64_t i = 0; i < n; i++)
+		memcpy(f->want + w[i][0], f->b + w[i][0], BLK);
+	open_cow(f, cs, &rec);
+	/* chunk 3 was copied: its writes went to the base */
+	for (uint64_t i = 0; i < n; i++)
+		if (w[i][0] / cs != 3)
+			rec -= BLK;
+	assert_int_equal(rec, 0);
+	assert_base_is(f, f->want, 0, f->size);
+	assert_true(map_empty(f->overlay));
+	assert_disk_reads_want(f);
+	free(w);
+	free(o);
+}
+
 /* ---- 5. the overlay cannot grow --------------------------------------------------- */
 
 /* A tmpfs at dir, listed in f->devs so that teardown unmounts it. */
@@ -1033,6 +1082,75 @@ static void test_write_in_flight_at_copy_end(void **state)
 	assert_true(map_empty(f->overlay));
 }
 
+/*
+ * The merge after random writes: each block in its own slot, slots in no
+ * order of blocks, while a writer keeps rewriting redirected blocks (in
+ * their slots, marking them dirty again behind the merger).
+ */
+struct rewriter {
+	struct fx *f;
+	const uint64_t *blocks;
+	uint64_t n;
+	unsigned bad;
+};
+
+static void *rewriter(void *arg)
+{
+	struct rewriter *w = arg;
+	struct fx *f = w->f;
+
+	for (uint64_t i = 0; i < w->n; i++) {
+		uint64_t off = w->blocks[i] * BLK;
+		ssize_t r;
+		enter(f->c);
+		r = cow_pwrite(f->c, f->a + off, BLK, off); /* A again: not B */
+		cow_leave(f->c);
+		if (r != BLK)
+			w->bad++;
+		memcpy(f->want + off, f->a + off, BLK);
+	}
+	return NULL;
+}
+
+static void test_merge_scattered(void **state)
+{
+	struct fx *f = *state;
+	const uint32_t cs = 256 * KiB;
+	uint64_t *o, nblocks, taken[MAXW];
+	struct rewriter w;
+	pthread_t t;
+	struct cow_stats st;
+
+	open_disk(f, 24 * MiB, cs);
+	nblocks = f->size / BLK;
+	o = shuffled_blocks(nblocks, 11);
+	assert_int_equal(cow_start(f->c, taken, NULL, NULL), 0);
+	for (uint64_t i = 0; i < nblocks; i++)
+		cw(f, f->b + o[i] * BLK, BLK, o[i] * BLK);
+	assert_base_is(f, f->a, 0, f->size);
+	assert_int_equal(stats(f->c).overlay_bytes, f->size);
+
+	/* half the blocks again, in another order, during the merge */
+	free(o);
+	o = shuffled_blocks(nblocks, 12);
+	w = (struct rewriter){.f = f, .blocks = o, .n = nblocks / 2};
+	cow_copied(f->c, 0, cow_nchunks(f->c));
+	cow_copy_end(f->c, true, taken, NULL);
+	assert_int_equal(pthread_create(&t, NULL, rewriter, &w), 0);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	cow_wait_merged(f->c, 0);
+
+	assert_int_equal(w.bad, 0);
+	st = stats(f->c);
+	assert_false(st.busy);
+	assert_int_equal(st.overlay_bytes, 0);
+	assert_true(st.merged_bytes >= f->size);
+	assert_base_is(f, f->want, 0, f->size);
+	assert_disk_reads_want(f);
+	assert_true(map_empty(f->overlay));
+	free(o);
+}
+
 /* ---- 9. a disk whose size is not a whole number of blocks ------------------- */
 
 static void test_short_last_block(void **state)
@@ -1088,11 +1206,13 @@ int main(void)
 		T(test_recover_overlay),
 		T(test_recover_after_kill),
 		T(test_recover_after_power_cut),
+		T(test_recover_scattered),
 		T(test_overlay_full),
 		T(test_changed_bitmap),
 		T(test_punch_while_busy),
 		T(test_preallocate_while_busy_keeps_data),
 		T(test_write_in_flight_at_copy_end),
+		T(test_merge_scattered),
 		T(test_short_last_block),
 	};
 #undef T
