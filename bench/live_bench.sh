@@ -159,8 +159,7 @@ if [ "$what" = impact ] || [ "$what" = all ]; then
 				# fio until the copy ends (its runtime is a ceiling).
 				fio_run $fjob "$target" 600 "${extra[@]}" >"$tmp/during" &
 				fpid=$!
-				while [ "$(ds --output json describe-snapshots --snapshot-ids "$snap" |
-					json 'd["Snapshots"]["Snapshot"][0]["Status"]')" = progressing ]; do sleep 0.2; done
+				while bench_copying "$DSNAP" "$sock" "$snap"; do sleep 0.5; done
 				t1=$(date +%s.%N)
 				pkill -INT -f "fio --name=b --filename=$target" 2>/dev/null || true
 				wait $fpid || true

@@ -19,7 +19,8 @@
 # randread | randrw: 70/30), CONF (extra dsnapd.conf lines, e.g.
 # "copy_busy_rate = 16"), TRANSPORT (on | off: fuse_uring), NEXT (1: a
 # second snapshot is requested as soon as the copy has ended, and the
-# time its request took, waiting for the merge, is printed). Root (loop
+# time its request took, waiting for the merge, is printed), MERGE (0: fio
+# stops when the copy has ended; the merge is not measured). Root (loop
 # devices, FUSE); exits 77 without root or fio. Everything it makes lives
 # under one folder in /var/tmp, removed on exit.
 set -euo pipefail
@@ -33,6 +34,7 @@ SIZE_MB=${SIZE_MB:-2048}
 JOB=${JOB:-randwrite}
 CONF=${CONF:-}
 TRANSPORT=${TRANSPORT:-on}
+MERGE=${MERGE:-1}
 
 [ "$(id -u)" = 0 ] || { echo "live_timeline: needs root"; exit 77; }
 command -v fio >/dev/null || { echo "live_timeline: needs fio"; exit 77; }
@@ -103,8 +105,7 @@ for r in $(seq "$RUNS"); do
 	f0=$(flushes)
 	t0=$(date +%s.%N)
 	snap=$(ds --quiet create-snapshot --disk-id "$disk")
-	while [ "$(ds --output json describe-snapshots --snapshot-ids "$snap" |
-		json 'd["Snapshots"]["Snapshot"][0]["Status"]')" = progressing ]; do sleep 0.2; done
+	while bench_copying "$DSNAP" "$run/sock" "$snap"; do sleep 0.5; done
 	t1=$(date +%s.%N)
 	f1=$(flushes)
 	if [ "${NEXT:-0}" = 1 ]; then
@@ -114,9 +115,10 @@ for r in $(seq "$RUNS"); do
 	fi
 	# The merge runs on after the copy, under the same load; dsnapd logs
 	# the overlay's peak when it has ended.
-	for _ in $(seq 6000); do
+	for _ in $(seq 1200); do
+		[ "$MERGE" = 0 ] && break
 		grep -q 'merged back' "$run/log" && break
-		sleep 0.1
+		sleep 0.5
 	done
 	t2=$(date +%s.%N)
 	kill -INT "$fpid"
