@@ -814,6 +814,8 @@ struct merger {
 	uint32_t depth; /* I/Os in flight at most */
 	uint64_t pace_ns, pace_requests; /* the users' requests, last looked at */
 	uint8_t *buf;  /* MERGE_WINDOW slots */
+	int sync_fd;   /* the base, opened again: its own writeback errors */
+	bool unsafe;   /* a sync failed: nothing more stops being redirected */
 	uint32_t n;    /* entries of this window: slot (from the window's first) and block */
 	uint32_t slot[MERGE_WINDOW];
 	uint64_t block[MERGE_WINDOW];
@@ -834,6 +836,13 @@ static struct merger *merger_new(struct cow *c, uint16_t prio)
 	m->c = c;
 	m->prio = prio;
 	m->depth = MERGE_DEPTH;
+	{
+		/* A file description of its own, so that its syncs do not take
+		 * a writeback error from the users' flushes (errseq per open). */
+		char p[64];
+		snprintf(p, sizeof(p), "/proc/self/fd/%d", c->base_buf);
+		m->sync_fd = open(p, O_RDONLY | O_CLOEXEC);
+	}
 	/* Without a ring (a kernel that refuses it) the same ops run one at a time. */
 	m->ring_ok = io_uring_queue_init(MERGE_DEPTH, &m->ring, 0) == 0;
 	return m;
@@ -845,6 +854,8 @@ static void merger_free(struct merger *m)
 		return;
 	if (m->ring_ok)
 		io_uring_queue_exit(&m->ring);
+	if (m->sync_fd >= 0)
+		close(m->sync_fd);
 	free(m->buf);
 	free(m);
 }
@@ -1064,9 +1075,10 @@ static int64_t merge_dirty(struct merger *m, bool release)
 {
 	struct cow *c = m->c;
 	uint64_t used = slots_mapped(c), lo = 0;
-	int64_t merged = 0, r;
+	int64_t merged = 0, since = 0, r;
 	int err = 0;
 
+	release = release && !m->unsafe;
 	for (uint64_t s0 = 0; s0 < used; s0 += MERGE_WINDOW) {
 		uint32_t w = (uint32_t)MIN((uint64_t)MERGE_WINDOW, used - s0);
 		m->n = 0;
@@ -1094,12 +1106,24 @@ static int64_t merge_dirty(struct merger *m, bool release)
 			continue;
 		}
 		merged += r;
+		since += r;
 		if (release && (s0 + w - lo >= MERGE_RELEASE || s0 + w == used)) {
+			/* Nothing merged since the last release: nothing to
+			 * release (a block dirty then was merged since). */
+			if (since == 0) {
+				lo = s0 + w;
+				continue;
+			}
 			/* Durable first: a flush's copy of the map may take the
-			 * cleared entries as soon as the gate opens. */
-			if (fdatasync(c->base_buf) < 0) {
+			 * cleared entries as soon as the gate opens. A failed
+			 * sync may have lost merged data the next one would not
+			 * report: nothing is released any more and the settle
+			 * fails, so the map keeps every slot until the next
+			 * start merges them again. */
+			if (fdatasync(m->sync_fd >= 0 ? m->sync_fd : c->base_buf) < 0) {
 				log_error("cow: cannot sync the disk during the merge: %s",
 					  strerror(errno));
+				m->unsafe = true;
 				release = false;
 				continue;
 			}
@@ -1107,6 +1131,7 @@ static int64_t merge_dirty(struct merger *m, bool release)
 			unredirect(c, lo, s0 + w);
 			gate_open(c);
 			lo = s0 + w;
+			since = 0;
 		}
 	}
 	return err ? err : merged;
@@ -1157,6 +1182,8 @@ static int settle(struct cow *c, struct merger *m)
 
 	if (merged < 0)
 		return (int)merged;
+	if (m->unsafe)
+		return -EIO; /* see merge_dirty */
 	if (fdatasync(c->base_buf) < 0)
 		return -errno;
 	/* The base holds every block durably: a crash from here on merges
