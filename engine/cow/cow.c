@@ -809,7 +809,9 @@ struct merge_op {
 struct merger {
 	struct cow *c;
 	struct io_uring ring;
-	bool ring_ok;
+	bool ring_init; /* queue_init succeeded: queue_exit at the end */
+	bool ring_ok;   /* and it still works */
+	bool buf_lost;  /* ops the kernel still holds may write into buf */
 	uint16_t prio; /* sqe->ioprio: 0, the thread's */
 	uint32_t depth; /* I/Os in flight at most */
 	uint64_t pace_ns, pace_requests; /* the users' requests, last looked at */
@@ -844,7 +846,7 @@ static struct merger *merger_new(struct cow *c, uint16_t prio)
 		m->sync_fd = open(p, O_RDONLY | O_CLOEXEC);
 	}
 	/* Without a ring (a kernel that refuses it) the same ops run one at a time. */
-	m->ring_ok = io_uring_queue_init(MERGE_DEPTH, &m->ring, 0) == 0;
+	m->ring_init = m->ring_ok = io_uring_queue_init(MERGE_DEPTH, &m->ring, 0) == 0;
 	return m;
 }
 
@@ -852,7 +854,7 @@ static void merger_free(struct merger *m)
 {
 	if (!m)
 		return;
-	if (m->ring_ok)
+	if (m->ring_init)
 		io_uring_queue_exit(&m->ring);
 	if (m->sync_fd >= 0)
 		close(m->sync_fd);
@@ -907,14 +909,24 @@ static void merger_run(struct merger *m, uint32_t nops)
 		r = io_uring_submit_and_wait(&m->ring, 1);
 		if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
 			/* The ring is broken: what it took completes, the rest
-			 * (never seen by the kernel) runs without it. */
+			 * (never seen by the kernel) runs without it. Ops whose
+			 * end cannot be waited for keep res -EIO (op_add), and
+			 * the buffer they may still land in is not used again. */
 			uint32_t queued = io_uring_sq_ready(&m->ring);
 			log_warn("cow: merging without io_uring: %s", strerror(-r));
-			for (uint32_t k = inflight - queued; k > 0; k--) {
-				if (io_uring_wait_cqe(&m->ring, &cqe) < 0)
+			for (uint32_t k = inflight - queued; k > 0;) {
+				r = io_uring_wait_cqe(&m->ring, &cqe);
+				if (r == -EINTR || r == -EAGAIN)
+					continue;
+				if (r < 0) {
+					log_error("cow: %u merge I/Os lost in a broken io_uring: %s", k,
+						  strerror(-r));
+					m->buf_lost = true;
 					break;
+				}
 				op_finish(&m->ops[io_uring_cqe_get_data64(cqe)], cqe->res);
 				io_uring_cqe_seen(&m->ring, cqe);
+				k--;
 			}
 			m->ring_ok = false;
 			next -= queued;
@@ -963,6 +975,14 @@ static int64_t merge_window(struct merger *m, uint64_t s0)
 	int64_t merged = 0;
 	int err = 0;
 
+	if (m->buf_lost) {
+		/* Left to the kernel's lost ops: a fresh buffer (or no merge). */
+		void *b;
+		if (posix_memalign(&b, 4096, (size_t)MERGE_WINDOW * BLK))
+			return -ENOMEM;
+		m->buf = b;
+		m->buf_lost = false;
+	}
 	memset(m->bad, 0, n * sizeof(m->bad[0]));
 	for (uint32_t i = 0, j; i < n; i = j) {
 		for (j = i + 1; j < n && m->slot[j] - m->slot[j - 1] <= MERGE_GAP; j++)
@@ -1604,6 +1624,7 @@ static int recover(struct cow *c, uint64_t *recovered)
 	else if ((legacy = legacy_overlay(c)))
 		r = merge_sparse(c, m->buf, &total);
 	merger_free(m);
+	atomic_store(&c->merged, 0); /* the recovered bytes are told apart */
 	if (r == 0 && total > 0 && fdatasync(c->base_buf) < 0)
 		r = -errno;
 	if (r == 0 && legacy && ftruncate(c->ov_buf, 0) < 0) /* from now on a log */
