@@ -811,7 +811,7 @@ struct merger {
 	struct io_uring ring;
 	bool ring_init; /* queue_init succeeded: queue_exit at the end */
 	bool ring_ok;   /* and it still works */
-	bool buf_lost;  /* ops the kernel still holds may write into buf */
+	uint8_t *lost_buf; /* ops lost in a broken ring may still use it: never freed */
 	uint16_t prio; /* sqe->ioprio: 0, the thread's */
 	uint32_t depth; /* I/Os in flight at most */
 	uint64_t pace_ns, pace_requests; /* the users' requests, last looked at */
@@ -855,7 +855,7 @@ static void merger_free(struct merger *m)
 	if (!m)
 		return;
 	if (m->ring_init)
-		io_uring_queue_exit(&m->ring);
+		io_uring_queue_exit(&m->ring); /* the kernel ends its ops on its own time */
 	if (m->sync_fd >= 0)
 		close(m->sync_fd);
 	free(m->buf);
@@ -909,19 +909,25 @@ static void merger_run(struct merger *m, uint32_t nops)
 		r = io_uring_submit_and_wait(&m->ring, 1);
 		if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
 			/* The ring is broken: what it took completes, the rest
-			 * (never seen by the kernel) runs without it. Ops whose
-			 * end cannot be waited for keep res -EIO (op_add), and
-			 * the buffer they may still land in is not used again. */
-			uint32_t queued = io_uring_sq_ready(&m->ring);
+			 * (never seen by the kernel) runs without it. If the
+			 * end of some cannot be waited for, they keep res -EIO
+			 * (op_add); their buffer is set aside for good, since a
+			 * lost read may still land in it, and the merge is
+			 * unsafe: a lost write of old data may land after a
+			 * newer one, so nothing more is released and the map
+			 * keeps every slot for the next start. */
+			uint32_t queued = io_uring_sq_ready(&m->ring), tries = 0;
 			log_warn("cow: merging without io_uring: %s", strerror(-r));
 			for (uint32_t k = inflight - queued; k > 0;) {
 				r = io_uring_wait_cqe(&m->ring, &cqe);
-				if (r == -EINTR || r == -EAGAIN)
+				if ((r == -EINTR || r == -EAGAIN || r == -EBUSY) && ++tries < 1000)
 					continue;
 				if (r < 0) {
 					log_error("cow: %u merge I/Os lost in a broken io_uring: %s", k,
 						  strerror(-r));
-					m->buf_lost = true;
+					m->lost_buf = m->buf;
+					m->buf = NULL;
+					m->unsafe = true;
 					break;
 				}
 				op_finish(&m->ops[io_uring_cqe_get_data64(cqe)], cqe->res);
@@ -975,15 +981,12 @@ static int64_t merge_window(struct merger *m, uint64_t s0)
 	int64_t merged = 0;
 	int err = 0;
 
-	if (m->buf_lost) {
-		/* Left to the kernel's lost ops: a fresh buffer (or no merge). */
-		void *b;
-		if (posix_memalign(&b, 4096, (size_t)MERGE_WINDOW * BLK))
-			return -ENOMEM;
-		m->buf = b;
-		m->buf_lost = false;
-	}
 	memset(m->bad, 0, n * sizeof(m->bad[0]));
+	if (!m->buf && posix_memalign((void **)&m->buf, 4096, (size_t)MERGE_WINDOW * BLK)) {
+		m->buf = NULL; /* the old one was lost in a broken ring */
+		err = -ENOMEM;
+		goto fail;
+	}
 	for (uint32_t i = 0, j; i < n; i = j) {
 		for (j = i + 1; j < n && m->slot[j] - m->slot[j - 1] <= MERGE_GAP; j++)
 			;
@@ -991,6 +994,10 @@ static int64_t merge_window(struct merger *m, uint64_t s0)
 		       (uint64_t)(m->slot[j - 1] - m->slot[i] + 1) * BLK, i, j - i);
 	}
 	merger_run(m, nops);
+	if (!m->buf) { /* lost with reads in it */
+		err = -EIO;
+		goto fail;
+	}
 	for (uint32_t k = 0; k < nops; k++)
 		for (uint32_t i = 0; m->ops[k].res < 0 && i < m->ops[k].count; i++)
 			m->bad[m->ops[k].first + i] = m->ops[k].res;
@@ -1020,6 +1027,11 @@ static int64_t merge_window(struct merger *m, uint64_t s0)
 	if (err)
 		log_error("cow: merging blocks into the disk failed: %s", strerror(-err));
 	return err ? err : merged;
+fail: /* none merged: every entry failed (and stays dirty) */
+	for (uint32_t i = 0; i < n; i++)
+		m->bad[i] = err;
+	log_error("cow: merging blocks into the disk failed: %s", strerror(-err));
+	return err;
 }
 
 /*
