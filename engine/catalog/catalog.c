@@ -206,14 +206,34 @@ void catalog_close(struct catalog *c)
 	free(c);
 }
 
-int catalog_begin(struct catalog *c)
+static int step_done(struct catalog *c, sqlite3_stmt *st);
+
+/* A statement without parameters, prepared once (sqlite3_exec would parse
+ * BEGIN and COMMIT again on every change). */
+static int exec_cached(struct catalog *c, const char *sql)
 {
-	return index_exec(c->db, "BEGIN IMMEDIATE");
+	sqlite3_stmt *st;
+	int r = prep(c, sql, &st);
+
+	if (r == 0 && (r = step_done(c, st)) < 0)
+		log_error("catalog: %s: %s", sql, sqlite3_errmsg(c->db));
+	return r;
 }
 
+int catalog_begin(struct catalog *c)
+{
+	return exec_cached(c, "BEGIN IMMEDIATE");
+}
+
+/* A commit that fails is rolled back: a transaction left open would take
+ * every later change into it, and each later begin would fail. */
 int catalog_commit(struct catalog *c)
 {
-	return index_exec(c->db, "COMMIT");
+	int r = exec_cached(c, "COMMIT");
+
+	if (r < 0)
+		catalog_rollback(c);
+	return r;
 }
 
 void catalog_rollback(struct catalog *c)

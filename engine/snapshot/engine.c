@@ -771,9 +771,9 @@ static void job_read_done(void *opaque, uint64_t first, uint64_t n)
 	 * most; idle, it runs free. Idle priority alone does not hold it back
 	 * on a device whose queue is deeper than the users' (the scheduler
 	 * dispatches everything at once): a copier at 500 MB/s halves the
-	 * users' IOPS. Between 16 and 64 MiB/s what they lose did not change
-	 * measurably; it comes mostly from the store's writes
-	 * (bench/RESULTS.md). An overlay past its limit lets it run free too. */
+	 * users' IOPS, and at 64 MiB/s random writers still lost about a
+	 * tenth, at 16 nothing measurable (COPY_BUSY_RATE_DEFAULT). An
+	 * overlay past its limit lets it run free too. */
 	{
 		uint64_t cap = j->e->copy_max_rate;
 		bool yield = foreground_rate(j, now_ns) >= FG_BUSY &&

@@ -42,7 +42,7 @@ struct ds_engine_options {
 	uint64_t copy_max_rate;   /* bytes per second a snapshot's copy reads at most; 0 = no limit */
 	uint64_t copy_busy_rate;  /* bytes per second an attached disk's copy reads at most while
 				   * the disk's users are busy (its guaranteed rate is half of it);
-				   * 0 = 64 MiB/s */
+				   * 0 = 16 MiB/s */
 	int max_running_copies;   /* copies of disks not attached that read at once (the rest
 				   * wait their turn, progressing at 0%); 0 = one per CPU, at least 2 */
 	int64_t overlay_prewrite; /* bytes of an attached disk's overlay log written in advance

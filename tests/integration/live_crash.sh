@@ -81,9 +81,10 @@ disk_loops() {
 
 for transport in on off; do
 	echo "== fuse_uring = $transport"
-	# Copies at 32 MiB/s: about 8 s for the disk, so the kills below fall
-	# into the copy or into the merge after it.
-	printf 'fuse_uring = %s\ncopy_max_rate = 32\n' "$transport" >"$SCRATCH/dsnapd.conf"
+	# Copies at 32 MiB/s, busy or not: about 8 s for the disk, so the
+	# kills below fall into the copy or into the merge after it.
+	printf 'fuse_uring = %s\ncopy_max_rate = 32\ncopy_busy_rate = 32\n' "$transport" \
+		>"$SCRATCH/dsnapd.conf"
 	rm -rf "$SCRATCH/state" "$SCRATCH"/*.img
 	daemon_start
 	head -c ${SIZE_MB}M /dev/urandom >"$SCRATCH/disk.img"

@@ -52,8 +52,10 @@ head -c ${SIZE_MB}M /dev/urandom >"$SCRATCH/B"
 
 for transport in on off; do
 	echo "== fuse_uring = $transport"
-	# Copies at 32 MiB/s: 4 s for the disk, so the writes below race them.
-	printf 'fuse_uring = %s\ncopy_max_rate = 32\n' "$transport" >"$SCRATCH/dsnapd.conf"
+	# Copies at 32 MiB/s, busy or not: 4 s for the disk, so the writes
+	# below race them.
+	printf 'fuse_uring = %s\ncopy_max_rate = 32\ncopy_busy_rate = 32\n' "$transport" \
+		>"$SCRATCH/dsnapd.conf"
 	rm -rf "$SCRATCH/state" "$SCRATCH/disk.img"
 	daemon_start
 	truncate -s ${SIZE_MB}M "$SCRATCH/disk.img"
