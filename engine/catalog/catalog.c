@@ -206,7 +206,33 @@ void catalog_close(struct catalog *c)
 	free(c);
 }
 
-static int step_done(struct catalog *c, sqlite3_stmt *st);
+void catalog_rollback(struct catalog *c)
+{
+	if (!sqlite3_get_autocommit(c->db))
+		index_exec(c->db, "ROLLBACK");
+}
+
+/* A text column into dst, cut to size - 1 bytes (lists copy many). */
+static void copy_text(char *dst, size_t size, sqlite3_stmt *st, int col)
+{
+	const unsigned char *t = sqlite3_column_text(st, col);
+	size_t n = t ? (size_t)sqlite3_column_bytes(st, col) : 0;
+
+	if (n >= size)
+		n = size - 1;
+	if (n)
+		memcpy(dst, t, n);
+	dst[n] = '\0';
+}
+
+/* Runs a prepared statement to completion; 0 or -errno. */
+static int step_done(struct catalog *c, sqlite3_stmt *st)
+{
+	int rc = sqlite3_step(st);
+
+	unprep(c, st);
+	return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : index_errno(rc);
+}
 
 /* A statement without parameters, prepared once (sqlite3_exec would parse
  * BEGIN and COMMIT again on every change). */
@@ -234,34 +260,6 @@ int catalog_commit(struct catalog *c)
 	if (r < 0)
 		catalog_rollback(c);
 	return r;
-}
-
-void catalog_rollback(struct catalog *c)
-{
-	if (!sqlite3_get_autocommit(c->db))
-		index_exec(c->db, "ROLLBACK");
-}
-
-/* A text column into dst, cut to size - 1 bytes (lists copy many). */
-static void copy_text(char *dst, size_t size, sqlite3_stmt *st, int col)
-{
-	const unsigned char *t = sqlite3_column_text(st, col);
-	size_t n = t ? (size_t)sqlite3_column_bytes(st, col) : 0;
-
-	if (n >= size)
-		n = size - 1;
-	if (n)
-		memcpy(dst, t, n);
-	dst[n] = '\0';
-}
-
-/* Runs a prepared statement to completion; 0 or -errno. */
-static int step_done(struct catalog *c, sqlite3_stmt *st)
-{
-	int rc = sqlite3_step(st);
-
-	unprep(c, st);
-	return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : index_errno(rc);
 }
 
 /* ---- disks --------------------------------------------------------------- */

@@ -1024,14 +1024,14 @@ static int64_t merge_window(struct merger *m, uint64_t s0)
 	}
 	for (uint32_t i = 0; i < n && !err; i++)
 		err = m->bad[i];
-	if (err)
-		log_error("cow: merging blocks into the disk failed: %s", strerror(-err));
-	return err ? err : merged;
+	goto out;
 fail: /* none merged: every entry failed (and stays dirty) */
 	for (uint32_t i = 0; i < n; i++)
 		m->bad[i] = err;
-	log_error("cow: merging blocks into the disk failed: %s", strerror(-err));
-	return err;
+out:
+	if (err)
+		log_error("cow: merging blocks into the disk failed: %s", strerror(-err));
+	return err ? err : merged;
 }
 
 /*
