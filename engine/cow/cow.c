@@ -1723,6 +1723,13 @@ int cow_open(const char *base_path, const char *overlay_path, uint32_t chunk_siz
 	if (r < 0)
 		goto err;
 	c->base_direct = open(base_path, O_RDWR | O_DIRECT | O_CLOEXEC); /* tmpfs: none */
+	/* From now on the base is read and written with O_DIRECT. Pages it
+	 * has in the page cache (an image just made by cp or dd) would only
+	 * make each such write drop them first, which io_uring does by
+	 * handing the write to a worker thread: written back and dropped
+	 * here, once. */
+	if (c->base_direct >= 0 && fdatasync(c->base_buf) == 0)
+		posix_fadvise(c->base_buf, 0, 0, POSIX_FADV_DONTNEED);
 	c->ov_buf = open(overlay_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	if (c->ov_buf < 0) {
 		r = -errno;

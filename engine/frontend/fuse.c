@@ -16,8 +16,9 @@
  *    (SQE128) holding URING_ENTRIES registered FUSE entries. A request
  *    arrives as a CQE of its entry; the backing read or write is submitted
  *    on the same ring, straight from/into the entry's payload buffer
- *    (page aligned: write data is used in place); its completion commits
- *    the reply with COMMIT_AND_FETCH, which re-arms the entry.
+ *    (page aligned: write data is used in place; the payloads are
+ *    registered buffers, so no page pinning per transfer); its completion
+ *    commits the reply with COMMIT_AND_FETCH, which re-arms the entry.
  *  - /dev/fuse: DEV_THREADS threads, each with its own cloned fd, read a
  *    request, do the backing I/O synchronously, write the reply. The
  *    buffer is laid out so that WRITE data lands page aligned.
@@ -163,6 +164,8 @@ struct queue {
 	int qid;
 	struct io_uring ring;
 	bool ring_ok;
+	bool fixed_bufs; /* the entries' payloads are registered buffers */
+	bool fixed_dev;  /* /dev/fuse is registered file 0 */
 	struct entry *e;
 	pthread_t thread;
 	bool started;
@@ -605,6 +608,10 @@ static void submit_cmd(struct queue *q, struct entry *e, uint32_t cmd_op, uint64
 		return;
 	sqe->opcode = IORING_OP_URING_CMD;
 	sqe->fd = q->f->devfd;
+	if (q->fixed_dev) {
+		sqe->fd = 0;
+		sqe->flags |= IOSQE_FIXED_FILE;
+	}
 	sqe->cmd_op = cmd_op;
 	if (cmd_op == FUSE_URING_CMD_REGISTER) {
 		sqe->addr = (uint64_t)(uintptr_t)e->iov;
@@ -659,14 +666,23 @@ static void submit_bio(struct queue *q, struct entry *e)
 		commit(q, e);
 		return;
 	}
-	if (b->op == BIO_FSYNC)
+	if (b->op == BIO_FSYNC) {
 		io_uring_prep_fsync(sqe, cow_base_fd(cow, false), IORING_FSYNC_DATASYNC);
-	else if (b->op == BIO_READ)
-		io_uring_prep_read(sqe, bio_fd(q->f, b), (uint8_t *)b->buf + b->done,
-				   b->run_end - b->done, bio_pos(b));
-	else
-		io_uring_prep_write(sqe, bio_fd(q->f, b), (uint8_t *)b->buf + b->done,
-				    b->run_end - b->done, bio_pos(b));
+	} else {
+		/* The buffer is the entry's payload: with it registered, the
+		 * kernel need not pin its pages for every O_DIRECT transfer. */
+		int fd = bio_fd(q->f, b);
+		uint8_t *buf = (uint8_t *)b->buf + b->done;
+		uint32_t n = b->run_end - b->done;
+		if (b->op == BIO_READ)
+			io_uring_prep_read(sqe, fd, buf, n, bio_pos(b));
+		else
+			io_uring_prep_write(sqe, fd, buf, n, bio_pos(b));
+		if (q->fixed_bufs) {
+			sqe->opcode = b->op == BIO_READ ? IORING_OP_READ_FIXED : IORING_OP_WRITE_FIXED;
+			sqe->buf_index = (uint16_t)(e - q->e);
+		}
+	}
 	io_uring_sqe_set_data(sqe, &e->io_tag);
 }
 
@@ -817,6 +833,20 @@ static void *queue_thread(void *arg)
 	return NULL;
 }
 
+/* Registers the entries' payloads as fixed buffers and /dev/fuse as a
+ * fixed file: less work per request (no page pinning for the backing
+ * transfer, no file reference per command). Either may fail (locked
+ * memory limits when not root): the queue then goes on without it. */
+static void register_ring(struct queue *q, uint8_t *payloads)
+{
+	struct iovec bufs[URING_ENTRIES];
+
+	for (int k = 0; k < URING_ENTRIES; k++)
+		bufs[k] = (struct iovec){payloads + (size_t)k * MAX_WRITE, MAX_WRITE};
+	q->fixed_bufs = io_uring_register_buffers(&q->ring, bufs, URING_ENTRIES) == 0;
+	q->fixed_dev = io_uring_register_files(&q->ring, &q->f->devfd, 1) == 0;
+}
+
 static int start_queues(struct frontend *f)
 {
 	size_t bytes = (size_t)URING_ENTRIES * MAX_WRITE;
@@ -847,6 +877,7 @@ static int start_queues(struct frontend *f)
 		q->e = calloc(URING_ENTRIES, sizeof(*q->e));
 		if (!q->e || posix_memalign((void **)&payloads, 4096, bytes))
 			return -ENOMEM;
+		register_ring(q, payloads);
 		for (int k = 0; k < URING_ENTRIES; k++) {
 			struct entry *e = &q->e[k];
 			e->q = q;
