@@ -16,9 +16,10 @@
  *    (SQE128) holding URING_ENTRIES registered FUSE entries. A request
  *    arrives as a CQE of its entry; the backing read or write is submitted
  *    on the same ring, straight from/into the entry's payload buffer
- *    (page aligned: write data is used in place; the payloads are
- *    registered buffers, so no page pinning per transfer); its completion
- *    commits the reply with COMMIT_AND_FETCH, which re-arms the entry.
+ *    (page aligned: write data is used in place; the payloads' first
+ *    64 KiB are registered buffers, so no page pinning for small
+ *    transfers); its completion commits the reply with COMMIT_AND_FETCH,
+ *    which re-arms the entry.
  *  - /dev/fuse: DEV_THREADS threads, each with its own cloned fd, read a
  *    request, do the backing I/O synchronously, write the reply. The
  *    buffer is laid out so that WRITE data lands page aligned.
@@ -105,6 +106,7 @@ _Static_assert(sizeof(struct fuse_init_out) == 64, "fuse_init_out is 64 bytes si
 #define MAX_WRITE (1024u * 1024)
 #define MAX_PAGES (MAX_WRITE / 4096)
 #define URING_ENTRIES 32
+#define FIXED_BYTES (64u * 1024) /* of each payload, registered (pinned) */
 #define DEV_THREADS 4
 #define HDR_ROOM 4096 /* /dev/fuse buffers: room before the page-aligned payload */
 #define DEV_BUF (HDR_ROOM + MAX_WRITE + 4096)
@@ -164,7 +166,7 @@ struct queue {
 	int qid;
 	struct io_uring ring;
 	bool ring_ok;
-	bool fixed_bufs; /* the entries' payloads are registered buffers */
+	bool fixed_bufs; /* each entry's first FIXED_BYTES are a registered buffer */
 	bool fixed_dev;  /* /dev/fuse is registered file 0 */
 	struct entry *e;
 	pthread_t thread;
@@ -669,8 +671,8 @@ static void submit_bio(struct queue *q, struct entry *e)
 	if (b->op == BIO_FSYNC) {
 		io_uring_prep_fsync(sqe, cow_base_fd(cow, false), IORING_FSYNC_DATASYNC);
 	} else {
-		/* The buffer is the entry's payload: with it registered, the
-		 * kernel need not pin its pages for every O_DIRECT transfer. */
+		/* The buffer is the entry's payload: where it is registered,
+		 * the kernel need not pin its pages for the O_DIRECT transfer. */
 		int fd = bio_fd(q->f, b);
 		uint8_t *buf = (uint8_t *)b->buf + b->done;
 		uint32_t n = b->run_end - b->done;
@@ -678,7 +680,7 @@ static void submit_bio(struct queue *q, struct entry *e)
 			io_uring_prep_read(sqe, fd, buf, n, bio_pos(b));
 		else
 			io_uring_prep_write(sqe, fd, buf, n, bio_pos(b));
-		if (q->fixed_bufs) {
+		if (q->fixed_bufs && buf + n <= e->payload + FIXED_BYTES) {
 			sqe->opcode = b->op == BIO_READ ? IORING_OP_READ_FIXED : IORING_OP_WRITE_FIXED;
 			sqe->buf_index = (uint16_t)(e - q->e);
 		}
@@ -833,16 +835,19 @@ static void *queue_thread(void *arg)
 	return NULL;
 }
 
-/* Registers the entries' payloads as fixed buffers and /dev/fuse as a
- * fixed file: less work per request (no page pinning for the backing
- * transfer, no file reference per command). Either may fail (locked
- * memory limits when not root): the queue then goes on without it. */
+/* Registers the start of each entry's payload as a fixed buffer and
+ * /dev/fuse as a fixed file: less work per request (no page pinning for
+ * a small backing transfer, no file reference per command). Only the
+ * first FIXED_BYTES: registering pins the pages, and whole payloads would
+ * pin 32 MiB per CPU and disk, where small random I/O (whose per-request
+ * costs count) touches a page of each. Either registration may fail
+ * (locked memory limits when not root): the queue goes on without it. */
 static void register_ring(struct queue *q, uint8_t *payloads)
 {
 	struct iovec bufs[URING_ENTRIES];
 
 	for (int k = 0; k < URING_ENTRIES; k++)
-		bufs[k] = (struct iovec){payloads + (size_t)k * MAX_WRITE, MAX_WRITE};
+		bufs[k] = (struct iovec){payloads + (size_t)k * MAX_WRITE, FIXED_BYTES};
 	q->fixed_bufs = io_uring_register_buffers(&q->ring, bufs, URING_ENTRIES) == 0;
 	q->fixed_dev = io_uring_register_files(&q->ring, &q->f->devfd, 1) == 0;
 }
