@@ -13,13 +13,19 @@
  * a bounded depth (two slabs per worker) and the CPUs are busy at once.
  *
  * A slab's I/O is one SQE per run of consecutive chunks that need it, cut
- * at OP_MAX bytes, with the chunks packed in the slab's buffer (the n-th
- * chunk that needs I/O at n chunks, wherever it is in the slab): chunks
- * in holes (backup, SEEK_DATA) are not read and keep the zero id; zero
- * chunks are not written (restore into a new file), punched, or written
- * as zeros (a device). Short transfers and -EAGAIN are resubmitted for
+ * at OP_MAX bytes (OP_PACED under a rate limit), with the chunks packed in
+ * the slab's buffer (the n-th chunk that needs I/O at n chunks, wherever
+ * it is in the slab): chunks in holes (backup, SEEK_DATA) are not read
+ * and keep the zero id; zero chunks are not written (restore into a new
+ * file), punched, or written as zeros (a device). Short transfers and -EAGAIN are resubmitted for
  * the remainder; a read that meets end of file means the disk shrank under
  * the copy and fails it with -EIO.
+ *
+ * Under a rate limit (max_rate: a live disk's copy while its users are
+ * busy), each read waits for its share of time before it is submitted,
+ * and reads are cut at OP_PACED: the disk sees a small read every few
+ * milliseconds, not a slab's reads at once four times a second, which
+ * queued the users' I/O behind megabytes at a time (their p99 latency).
  *
  * The first error stops every worker at its next slab; a worker always
  * waits for its in-flight SQEs before it frees their buffers.
@@ -42,6 +48,7 @@
 
 #define SLAB_BYTES (4u << 20)
 #define OP_MAX (1u << 20)
+#define OP_PACED (128u << 10) /* reads under a rate limit */
 #define RING_ENTRIES 64
 #define MAX_WORKERS 16
 #define REGISTER_MIN_SLABS 8 /* 32 MiB and more: buffers are registered */
@@ -152,16 +159,13 @@ static void progress(struct copier *c, const struct slab *sl)
 	pthread_mutex_unlock(&c->progress_lock);
 }
 
-/* With a rate limit, each slab takes its share of time: a worker sleeps
+/* With a rate limit, each read takes its share of time: a worker sleeps
  * until the copy's next free moment (no catching up after a slow spell). */
-static void pace(struct copier *c, uint64_t bytes)
+static void pace(struct copier *c, uint64_t rate, uint64_t bytes)
 {
-	uint64_t rate = atomic_load(&c->j->max_rate);
 	struct timespec now, ts;
 	double start, until;
 
-	if (!rate)
-		return;
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	pthread_mutex_lock(&c->progress_lock);
 	start = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
@@ -213,6 +217,7 @@ static int queue_run(struct worker *w, struct slab *sl, uint64_t a, uint64_t b, 
 	const struct ds_manifest *m = w->c->j->m;
 	uint64_t start = a * m->chunk_size;
 	uint64_t end = MIN(b * (uint64_t)m->chunk_size, m->disk_size);
+	uint64_t rate = write ? 0 : atomic_load(&w->c->j->max_rate);
 
 	while (start < end) {
 		struct op *op = &sl->ops[sl->nops++];
@@ -221,8 +226,10 @@ static int queue_run(struct worker *w, struct slab *sl, uint64_t a, uint64_t b, 
 		op->sl = sl;
 		op->off = start;
 		op->buf_off = (uint32_t)(slot * m->chunk_size + (start - a * m->chunk_size));
-		op->len = (uint32_t)MIN((uint64_t)OP_MAX, end - start);
+		op->len = (uint32_t)MIN((uint64_t)(rate ? OP_PACED : OP_MAX), end - start);
 		op->write = write;
+		if (rate)
+			pace(w->c, rate, op->len);
 		r = submit_op(w, op);
 		if (r < 0) {
 			sl->nops--;
@@ -230,6 +237,9 @@ static int queue_run(struct worker *w, struct slab *sl, uint64_t a, uint64_t b, 
 		}
 		sl->pending++;
 		start += op->len;
+		/* queued ops count as pending: reap submits them again */
+		if (rate && io_uring_submit(w->ring) < 0)
+			return -EIO;
 	}
 	return 0;
 }
@@ -519,7 +529,7 @@ static int worker_init(struct worker *w, struct copier *c)
 		struct slab *sl = &w->sl[i];
 		sl->buf = w->kit->buf[i];
 		sl->buf_index = w->kit->registered ? i : -1;
-		sl->ops = calloc(c->slab_chunks + bytes / OP_MAX + 2, sizeof(*sl->ops));
+		sl->ops = calloc(c->slab_chunks + bytes / OP_PACED + 2, sizeof(*sl->ops));
 		sl->want = calloc(c->slab_chunks, sizeof(*sl->want));
 		if (!sl->ops || !sl->want)
 			return -ENOMEM;
@@ -572,8 +582,6 @@ static void *backup_worker(void *arg)
 			set_err(c, r);
 		else
 			progress(c, cur);
-		if (r == 0)
-			pace(c, cur->n * c->cs);
 		if (r < 0 && have_next) {
 			reap(w, next); /* its buffer must be idle before it is freed */
 			have_next = false;

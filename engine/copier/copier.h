@@ -43,8 +43,8 @@ struct copier_job {
 	 * for the default); read before every slab, so it can change. */
 	atomic_int *ioprio;
 	bool idle_cpu; /* workers run SCHED_IDLE */
-	/* bytes of the disk per second at most, 0 = no limit; read before
-	 * every slab, so it can change while the copy runs */
+	/* bytes read per second at most, 0 = no limit; read before every
+	 * run of reads, so it can change while the copy runs */
 	atomic_uint_fast64_t max_rate;
 
 	/* results */

@@ -737,6 +737,15 @@ static bool job_pit_intact(void *opaque)
 static _Thread_local bool worker_fast;
 
 /* The disk's users' requests per second, over the last window. */
+/* The copy's rate while the disk's users are busy: the busy rate, or the
+ * cap when that is lower. */
+static uint64_t busy_limit(const struct ds_engine *e)
+{
+	uint64_t cap = e->copy_max_rate;
+
+	return cap ? MIN(cap, e->copy_busy_rate) : e->copy_busy_rate;
+}
+
 static uint64_t foreground_rate(struct job *j, uint64_t now_ns)
 {
 	uint64_t last = atomic_load(&j->fg_ns), reqs = cow_requests(j->cow);
@@ -775,10 +784,9 @@ static void job_read_done(void *opaque, uint64_t first, uint64_t n)
 	 * tenth, at 16 nothing measurable (COPY_BUSY_RATE_DEFAULT). An
 	 * overlay past its limit lets it run free too. */
 	{
-		uint64_t cap = j->e->copy_max_rate;
 		bool yield = foreground_rate(j, now_ns) >= FG_BUSY &&
 			     st.overlay_bytes <= limit;
-		atomic_store(&j->cj.max_rate, yield ? (cap ? MIN(cap, busy) : busy) : cap);
+		atomic_store(&j->cj.max_rate, yield ? busy_limit(j->e) : j->e->copy_max_rate);
 	}
 	if (fast != worker_fast) {
 		/* CPU too: an idle-class copier may get none under load. Each
@@ -896,6 +904,15 @@ static void copy_run(struct job *j, bool nice)
 	if (j->cow && j->since[0])
 		load_prev(e, j);
 	clock_gettime(CLOCK_MONOTONIC, &j->started);
+	if (j->cow) {
+		/* The users' rate is measured over FG_WINDOW_NS from here on;
+		 * until then the copy reads as if they were busy (it used to
+		 * run free for its first slabs: a burst the users felt). */
+		atomic_store(&j->fg_ns, (uint64_t)j->started.tv_sec * 1000000000ull +
+						(uint64_t)j->started.tv_nsec);
+		atomic_store(&j->fg_requests, cow_requests(j->cow));
+		atomic_store(&j->cj.max_rate, busy_limit(e));
+	}
 	if (nice)
 		background(true);
 	r = copier_backup(&j->cj);
