@@ -2,14 +2,18 @@
 # Live disks, measured with fio (io_uring, O_DIRECT, QD32) on a 4 GiB image:
 #
 #  attach: 4 KiB randwrite, randread, 70/30 randrw and 1 MiB sequential
-#    write on a raw loop device over the image, then on the same image
-#    attached through dsnapd, on each FUSE transport: IOPS and attached/raw.
-#  impact: on the attached disk, each 4 KiB workload runs BEFORE_S seconds
-#    with no snapshot, then again while a snapshot is being created (from
-#    its request to its end): IOPS and p99 latency during / before, the
-#    copy's duration and the overlay's peak. The last workload, ext4, is
-#    70/30 randrw on a 2 GiB file of an ext4 made on the attached disk.
-#    IMPACT_JOBS picks workloads (default "randwrite randread randrw ext4").
+#    write on a raw loop device over a copy of the image and on the image
+#    attached through dsnapd, on each FUSE transport, one after the other
+#    in each run (so that the VM's drift touches both alike): IOPS, and the
+#    median of the runs' attached/raw.
+#  impact: on the attached disk, each workload (the three 4 KiB ones and
+#    1 MiB sequential write) runs BEFORE_S seconds with no snapshot, then
+#    again while a snapshot is being created (from its request to its
+#    end): IOPS and p99 latency during / before, the copy's duration and
+#    the overlay's peak. The last workload, ext4, is 70/30 randrw on a
+#    2 GiB file of an ext4 made on the attached disk.
+#    IMPACT_JOBS picks workloads (default "randwrite randread randrw
+#    seqwrite ext4").
 #
 #   sudo bench/live_bench.sh [attach|impact|all] [BUILD_DIR]
 #
@@ -28,7 +32,7 @@ SIZE_MB=${SIZE_MB:-4096}
 RUNTIME=${RUNTIME:-20}   # attach: seconds per fio run
 BEFORE_S=${BEFORE_S:-15} # impact: seconds without a snapshot
 TRANSPORTS=${TRANSPORTS:-"on off"}
-IMPACT_JOBS=${IMPACT_JOBS:-"randwrite randread randrw ext4"}
+IMPACT_JOBS=${IMPACT_JOBS:-"randwrite randread randrw seqwrite ext4"}
 
 [ "$(id -u)" = 0 ] || { echo "live_bench: needs root"; exit 77; }
 command -v fio >/dev/null || { echo "live_bench: needs fio"; exit 77; }
@@ -107,29 +111,36 @@ print("%.0f %.0f" % (iops, p99 / 1000))'
 machine_info "$tmp" "$src"
 echo "fio:     $(fio --version), QD32, O_DIRECT, io_uring; medians of $RUNS"
 
-# The image is written full first: no holes, so every read touches the disk.
-dd if=/dev/urandom of="$img" bs=1M count="$SIZE_MB" status=none
+# The image is written full first: no holes, so every read touches the
+# disk. With O_DIRECT: pages of it in the page cache would cost the raw
+# loop device (which drops them on its writes) and not dsnapd (which drops
+# them all when it attaches), as they would not for an image written long ago.
+dd if=/dev/urandom of="$img" bs=1M count="$SIZE_MB" status=none oflag=direct
 
 if [ "$what" = attach ] || [ "$what" = all ]; then
 	echo
 	echo "== attach: attached / raw loop device, ${RUNTIME}s per run"
-	printf '%-10s %-10s %10s %10s %8s\n' workload transport "raw IOPS" "attached" ratio
-	raw=$(losetup --find --show --direct-io=on "$img")
-	declare -A RAW
-	for job in randwrite randread randrw seqwrite; do
-		RAW[$job]=$(for _ in $(seq "$RUNS"); do fio_run $job "$raw" "$RUNTIME" | cut -d' ' -f1; done | median)
-	done
-	losetup -d "$raw"
-	raw=
+	printf '%-10s %-10s %10s %10s %8s   %s\n' workload transport "raw IOPS" "attached" ratio "per run"
+	dd if="$img" of="$tmp/raw.img" bs=1M iflag=direct oflag=direct status=none
+	raw=$(losetup --find --show --direct-io=on "$tmp/raw.img")
 	for t in $TRANSPORTS; do
 		start_daemon "$t"
 		tname=$(ds --output json describe-disks --disk-ids "$disk" | json 'd["Disks"]["Disk"][0]["Transport"]')
 		for job in randwrite randread randrw seqwrite; do
-			att=$(for _ in $(seq "$RUNS"); do fio_run $job "$dev" "$RUNTIME" | cut -d' ' -f1; done | median)
-			printf '%-10s %-10s %10s %10s %8s\n' "$job" "$tname" "${RAW[$job]}" "$att" "$(ratio "$att" "${RAW[$job]}")"
+			: >"$tmp/rows"
+			for _ in $(seq "$RUNS"); do
+				r=$(fio_run $job "$raw" "$RUNTIME" | cut -d' ' -f1)
+				a=$(fio_run $job "$dev" "$RUNTIME" | cut -d' ' -f1)
+				echo "$r $a $(ratio "$a" "$r")" >>"$tmp/rows"
+			done
+			col() { awk -v c="$1" '{ print $c }' "$tmp/rows" | median; }
+			printf '%-10s %-10s %10s %10s %8s   %s\n' "$job" "$tname" "$(col 1)" "$(col 2)" "$(col 3)" \
+				"$(awk '{ printf "%s ", $3 }' "$tmp/rows")"
 		done
 		stop_daemon
 	done
+	losetup -d "$raw"
+	raw=
 fi
 
 if [ "$what" = impact ] || [ "$what" = all ]; then
@@ -159,7 +170,7 @@ if [ "$what" = impact ] || [ "$what" = all ]; then
 				# fio until the copy ends (its runtime is a ceiling).
 				fio_run $fjob "$target" 600 "${extra[@]}" >"$tmp/during" &
 				fpid=$!
-				while bench_copying "$DSNAP" "$sock" "$snap"; do sleep 0.5; done
+				while bench_copying "$tmp/dsnapd.log" "$snap"; do sleep 0.5; done
 				t1=$(date +%s.%N)
 				pkill -INT -f "fio --name=b --filename=$target" 2>/dev/null || true
 				wait $fpid || true

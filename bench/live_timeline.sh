@@ -105,7 +105,7 @@ for r in $(seq "$RUNS"); do
 	f0=$(flushes)
 	t0=$(date +%s.%N)
 	snap=$(ds --quiet create-snapshot --disk-id "$disk")
-	while bench_copying "$DSNAP" "$run/sock" "$snap"; do sleep 0.5; done
+	while bench_copying "$run/log" "$snap"; do sleep 0.5; done
 	t1=$(date +%s.%N)
 	f1=$(flushes)
 	if [ "${NEXT:-0}" = 1 ]; then
