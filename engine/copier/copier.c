@@ -17,9 +17,9 @@
  * the slab's buffer (the n-th chunk that needs I/O at n chunks, wherever
  * it is in the slab): chunks in holes (backup, SEEK_DATA) are not read
  * and keep the zero id; zero chunks are not written (restore into a new
- * file), punched, or written as zeros (a device). Short transfers and -EAGAIN are resubmitted for
- * the remainder; a read that meets end of file means the disk shrank under
- * the copy and fails it with -EIO.
+ * file), punched, or written as zeros (a device). Short transfers and
+ * -EAGAIN are resubmitted for the remainder; a read that meets end of file
+ * means the disk shrank under the copy and fails it with -EIO.
  *
  * Under a rate limit (max_rate: a live disk's copy while its users are
  * busy), each read waits for its share of time before it is submitted,

@@ -736,7 +736,6 @@ static bool job_pit_intact(void *opaque)
  * the copier's priority follows the overlay and its own rate. */
 static _Thread_local bool worker_fast;
 
-/* The disk's users' requests per second, over the last window. */
 /* The copy's rate while the disk's users are busy: the busy rate, or the
  * cap when that is lower. */
 static uint64_t busy_limit(const struct ds_engine *e)
@@ -746,6 +745,7 @@ static uint64_t busy_limit(const struct ds_engine *e)
 	return cap ? MIN(cap, e->copy_busy_rate) : e->copy_busy_rate;
 }
 
+/* The disk's users' requests per second, over the last window. */
 static uint64_t foreground_rate(struct job *j, uint64_t now_ns)
 {
 	uint64_t last = atomic_load(&j->fg_ns), reqs = cow_requests(j->cow);
